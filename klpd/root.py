@@ -1,0 +1,107 @@
+"""SystemRoot: the one place that decides every system path klpd reads.
+
+Every reader takes a :class:`SystemRoot`, so the same code runs on a live host (``/``), a fixture tree or a plain
+copy of a host's files (``--root DIR``). Under a root other than ``/`` everything comes from the tree, the kernel
+release included (``proc/sys/kernel/osrelease``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Where fleets install patch modules (kernel-semantics.md, "Where patch modules are installed"). ``{release}`` is
+# replaced by the running kernel release.
+#  - kpatch: /var/lib/kpatch/<release>/ and /usr/lib/kpatch/<release>/
+#  - SUSE kernel-livepatch packages: /lib/modules/<release>/livepatch/
+#  - plain /lib/modules/<release> installs (klp-build, Ubuntu, DKMS-style): the extra/ and updates/ trees, where
+#    out-of-tree modules go; only modules whose modinfo says livepatch=Y are taken as patches.
+DEFAULT_PATCH_DIRS: tuple[str, ...] = (
+    "/var/lib/kpatch/{release}",
+    "/usr/lib/kpatch/{release}",
+    "/lib/modules/{release}/livepatch",
+    "/lib/modules/{release}/extra",
+    "/lib/modules/{release}/updates",
+)
+
+
+@dataclass(frozen=True)
+class SystemRoot:
+    """Maps the host's absolute paths into ``root``.
+
+    ``patch_dirs`` are absolute host paths (``{release}`` expanded per call); they too are looked up under ``root``.
+    """
+
+    root: Path = Path("/")
+    patch_dirs: tuple[str, ...] = field(default=DEFAULT_PATCH_DIRS)
+
+    @classmethod
+    def at(cls, root: str | Path = "/", patch_dirs: Sequence[str] | None = None) -> SystemRoot:
+        dirs = DEFAULT_PATCH_DIRS if patch_dirs is None else tuple(patch_dirs)
+        return cls(Path(root), dirs)
+
+    @property
+    def is_live(self) -> bool:
+        """True when this root is the running host itself (``/``)."""
+        return self.root.resolve() == Path("/")
+
+    def path(self, host_path: str) -> Path:
+        """The location under this root of an absolute host path such as ``/proc/kallsyms``."""
+        return self.root / host_path.lstrip("/")
+
+    # /proc
+    @property
+    def proc(self) -> Path:
+        return self.path("/proc")
+
+    @property
+    def kallsyms(self) -> Path:
+        return self.path("/proc/kallsyms")
+
+    @property
+    def proc_modules(self) -> Path:
+        return self.path("/proc/modules")
+
+    @property
+    def osrelease(self) -> Path:
+        return self.path("/proc/sys/kernel/osrelease")
+
+    @property
+    def tainted(self) -> Path:
+        return self.path("/proc/sys/kernel/tainted")
+
+    def proc_pid(self, pid: int) -> Path:
+        return self.path(f"/proc/{pid}")
+
+    # /sys
+    @property
+    def sys_module(self) -> Path:
+        return self.path("/sys/module")
+
+    @property
+    def sys_livepatch(self) -> Path:
+        return self.path("/sys/kernel/livepatch")
+
+    # /dev
+    @property
+    def kmsg(self) -> Path:
+        return self.path("/dev/kmsg")
+
+    # /lib/modules
+    def modules_dir(self, release: str) -> Path:
+        return self.path(f"/lib/modules/{release}")
+
+    def modules_dep(self, release: str) -> Path:
+        return self.modules_dir(release) / "modules.dep"
+
+    def patch_dirs_for(self, release: str) -> tuple[Path, ...]:
+        """Every patch install directory for ``release``, under this root, in configured order."""
+        return tuple(self.path(d.replace("{release}", release)) for d in self.patch_dirs)
+
+    def host_path(self, path: Path) -> str:
+        """The host path that ``path`` (somewhere under this root) stands for, for messages and JSON."""
+        try:
+            return "/" + str(path.relative_to(self.root)).lstrip("/")
+        except ValueError:
+            return str(path)
