@@ -1,0 +1,23 @@
+"""Kernel module files (ELF relocatable objects): livepatch modules and the modules they patch.
+
+- :mod:`klpd.elf.klpmodule`: a patch module's livepatch sections, symbols and host-independent problems;
+- :mod:`klpd.elf.symtab`: a target module's symbol table as klp_find_object_symbol() walks it;
+- :mod:`klpd.elf.decompress`: ``.ko.xz`` / ``.ko.gz`` / ``.ko.zst``;
+- :mod:`klpd.elf.reloc_types`: relocation type names.
+"""
+
+from klpd.elf.decompress import decompress
+from klpd.elf.klpmodule import parse_modinfo, parse_patch_module, read_modinfo, read_patch_module
+from klpd.elf.reloc_types import reloc_type_name
+from klpd.elf.symtab import parse_module_symtab, read_module_symtab
+
+__all__ = [
+    "decompress",
+    "parse_modinfo",
+    "parse_module_symtab",
+    "parse_patch_module",
+    "read_modinfo",
+    "read_module_symtab",
+    "read_patch_module",
+    "reloc_type_name",
+]
