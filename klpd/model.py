@@ -269,7 +269,7 @@ class SymbolResult:
     object: str | None  # the object the kernel will search; None when the name is malformed
     name: str  # the symbol name inside .klp.sym (the whole ELF name when malformed)
     sympos: int | None
-    status: SymbolStatus
+    status: SymbolStatus | None  # None: cannot be determined (the target module's .ko is missing or unreadable)
     elf_name: str  # the full ELF symbol name
     occurrences: int | None = None  # how many times the name occurs where the kernel looks; None if not searched
     load_order_dependent: bool = False  # full and core symtab give different answers

@@ -1,0 +1,251 @@
+"""The pure status computation on hand-made hosts: each test is a situation an operator meets."""
+
+from __future__ import annotations
+
+import pytest
+from elfwriter import (
+    R_X86_64_PC32,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHN_ABS,
+    SHT_PROGBITS,
+    STT_FUNC,
+    KlpModule,
+    Section,
+    Symbol,
+    create_elf_file,
+)
+
+from klpd.elf import parse_module_symtab, parse_patch_module
+from klpd.model import (
+    KernelInfo,
+    LoadedModule,
+    ModuleLoad,
+    ModuleSymtab,
+    PatchStatus,
+    SectionState,
+    SymbolStatus,
+    SysfsObject,
+    SysfsPatch,
+)
+from klpd.sources.kallsyms import parse_kallsyms
+from klpd.status import PatchInput, SystemState, compute_status, has_problems
+
+RELEASE = "6.1.0-test"
+
+KALLSYMS = """\
+ffffffff81000000 T _text
+ffffffff81001000 t unique_fn
+ffffffff81002000 t dup_fn
+ffffffff81003000 t dup_fn
+ffffffff81004000 T saved_command_line
+ffffffffc0001000 t mod_fn\t[loaded_mod]
+ffffffffc0002000 t mod_dup\t[loaded_mod]
+ffffffffc0003000 t mod_dup\t[loaded_mod]
+"""
+
+
+def hidden(text: str) -> str:
+    return "\n".join("0" * 16 + line[16:] for line in text.splitlines()) + "\n"
+
+
+def system(
+    kallsyms: str = KALLSYMS,
+    modules: tuple[str, ...] = ("loaded_mod",),
+    known: tuple[str, ...] = ("loaded_mod", "target_mod"),
+    livepatches: tuple[SysfsPatch, ...] = (),
+) -> SystemState:
+    loaded = {m: LoadedModule(m, 4096, 0, (), "Live", "") for m in modules}
+    for lp in livepatches:
+        loaded[lp.name] = LoadedModule(lp.name, 4096, 1, (), "Live", "OEK")
+    return SystemState(
+        kernel=KernelInfo(RELEASE, 0, True),
+        kallsyms=parse_kallsyms(kallsyms.encode(), "/proc/kallsyms"),
+        modules=loaded,
+        livepatches=livepatches,
+        known_modules=frozenset(known),
+    )
+
+
+def patch_with(*syms: tuple[str, str, int], name: str = "livepatch_test", **build: object) -> KlpModule:
+    """A patch whose function uses each (object, symbol, sympos) through a .klp.rela.<object> section."""
+    m = KlpModule(name, vermagic=f"{RELEASE} SMP preempt mod_unload modversions ")
+    text = m.function("patched_fn")
+    by_obj: dict[str, list[tuple[int, str, int, int]]] = {}
+    for i, (obj, sym, pos) in enumerate(syms):
+        by_obj.setdefault(obj, []).append((i * 8, m.klp_sym(obj, sym, pos), R_X86_64_PC32, -4))
+    for obj, relocs in by_obj.items():
+        m.klp_rela(obj, text, relocs)
+    return m
+
+
+def evaluate(m: KlpModule, sys_state: SystemState, symtabs: dict[str, object] | None = None, **build: object):
+    module = parse_patch_module(m.build(**build), f"/lib/modules/{RELEASE}/livepatch/{m.name}.ko")
+    status = compute_status(sys_state, [PatchInput(module.name, module, symtabs or {})])  # type: ignore[arg-type]
+    return status, status.patches[0]
+
+
+def symbol(patch: PatchStatus, obj: str, name: str):
+    o = next(o for o in patch.objects if o.name == obj)
+    return next(s for s in o.symbols if s.name == name)
+
+
+def target_symtab(*funcs: tuple[str, str]) -> ModuleSymtab:
+    """A target .ko with functions given as (name, section)."""
+    sections = {sec for _, sec in funcs}
+    data = create_elf_file(
+        [Section(s, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\xcc" * 64) for s in sorted(sections)],
+        [Symbol(n, shndx=sec, type=STT_FUNC) for n, sec in funcs],
+    )
+    return parse_module_symtab(data, "/lib/modules/6.1.0-test/kernel/target_mod.ko")
+
+
+def test_unique_vmlinux_symbol_loads() -> None:
+    status, p = evaluate(patch_with(("vmlinux", "unique_fn", 0)), system())
+    assert p.will_load and p.reasons == ()
+    assert symbol(p, "vmlinux", "unique_fn").status is SymbolStatus.OK
+    assert [s.state for s in p.objects[0].sections] == [SectionState.APPLIED]
+    assert not has_problems(status)
+
+
+@pytest.mark.parametrize(
+    ("sym", "pos", "expected", "message"),
+    [
+        ("dup_fn", 0, SymbolStatus.AMBIGUOUS, "livepatch: unresolvable ambiguity for symbol 'dup_fn' in object 'vmlinux'"),
+        ("dup_fn", 3, SymbolStatus.SYMPOS_NOT_FOUND,
+         "livepatch: symbol position 3 for symbol 'dup_fn' in object 'vmlinux' not found"),
+        ("nonexistent", 0, SymbolStatus.NOT_FOUND, "livepatch: symbol 'nonexistent' not found in symbol table"),
+    ],
+)  # fmt: skip
+def test_unresolvable_vmlinux_symbol_fails_the_patch_load(sym: str, pos: int, expected: SymbolStatus, message: str) -> None:
+    status, p = evaluate(patch_with(("vmlinux", sym, pos)), system())
+    result = symbol(p, "vmlinux", sym)
+    assert result.status is expected
+    assert result.kernel_message == message
+    assert not p.will_load and message in p.reasons
+    assert p.objects[0].sections[0].state is SectionState.FAILS
+    assert has_problems(status)
+
+
+def test_second_occurrence_by_sympos_loads() -> None:
+    _, p = evaluate(patch_with(("vmlinux", "dup_fn", 2)), system())
+    assert p.will_load and symbol(p, "vmlinux", "dup_fn").occurrences == 2
+
+
+def test_hidden_addresses_give_the_same_verdicts() -> None:
+    for sym, pos in (("unique_fn", 0), ("dup_fn", 0), ("dup_fn", 2), ("dup_fn", 3), ("nonexistent", 0)):
+        _, visible = evaluate(patch_with(("vmlinux", sym, pos)), system())
+        status, blind = evaluate(patch_with(("vmlinux", sym, pos)), system(hidden(KALLSYMS)))
+        assert not status.kallsyms_addresses_visible
+        assert symbol(blind, "vmlinux", sym).status is symbol(visible, "vmlinux", sym).status
+        assert blind.will_load == visible.will_load
+
+
+def test_non_livepatch_symbol_in_klp_section_fails_the_load() -> None:
+    m = KlpModule("livepatch_test", vermagic=f"{RELEASE} SMP")
+    text = m.function("patched_fn")
+    m.klp_rela("vmlinux", text, [(0, m.klp_sym("vmlinux", "unique_fn", 0, shndx=text), R_X86_64_PC32, -4)])
+    _, p = evaluate(m, system())
+    result = symbol(p, "vmlinux", "unique_fn")
+    assert result.status is SymbolStatus.NOT_LIVEPATCH_SYMBOL
+    assert not p.will_load
+    assert "livepatch: symbol .klp.sym.vmlinux.unique_fn,0 is not marked as a livepatch symbol" in p.reasons
+
+
+def test_vmlinux_symbol_from_module_section() -> None:
+    m = KlpModule("livepatch_test", vermagic=f"{RELEASE} SMP")
+    text = m.function("patched_fn")
+    m.klp_rela("loaded_mod", text, [(0, m.klp_sym("vmlinux", "unique_fn", 0), R_X86_64_PC32, -4)])
+    _, p = evaluate(m, system())
+    assert symbol(p, "vmlinux", "unique_fn").status is SymbolStatus.VMLINUX_FROM_MODULE_SECTION
+    assert not p.will_load  # loaded_mod is loaded: its section is applied when the patch is enabled
+
+
+def test_module_not_loaded_is_pending_and_its_load_will_succeed() -> None:
+    symtab = target_symtab(("tgt_fn", ".text"), ("other", ".text"))
+    _, p = evaluate(patch_with(("target_mod", "tgt_fn", 0)), system(), {"target_mod": symtab})
+    obj = next(o for o in p.objects if o.name == "target_mod")
+    assert not obj.loaded and obj.module_load is ModuleLoad.OK
+    assert obj.sections[0].state is SectionState.PENDING
+    assert obj.target_path == symtab.path
+    assert p.will_load
+
+
+def test_broken_module_sympos_refuses_the_module_not_the_patch() -> None:
+    symtab = target_symtab(("tgt_fn", ".text"))
+    status, p = evaluate(patch_with(("target_mod", "tgt_fn", 2)), system(), {"target_mod": symtab})
+    obj = next(o for o in p.objects if o.name == "target_mod")
+    assert p.will_load  # the patch itself loads: the section only applies when target_mod comes
+    assert obj.module_load is ModuleLoad.REFUSED
+    assert obj.sections[0].state is SectionState.FAILS
+    assert (
+        "livepatch: patch 'livepatch_test' failed for module 'target_mod', refusing to load module 'target_mod'"
+        in obj.reasons
+    )
+    assert has_problems(status)
+
+
+def test_loaded_module_symbols_come_from_kallsyms() -> None:
+    _, ok = evaluate(patch_with(("loaded_mod", "mod_dup", 2)), system())
+    _, bad = evaluate(patch_with(("loaded_mod", "mod_dup", 0)), system())
+    assert ok.will_load and symbol(ok, "loaded_mod", "mod_dup").status is SymbolStatus.OK
+    assert not bad.will_load and symbol(bad, "loaded_mod", "mod_dup").status is SymbolStatus.AMBIGUOUS
+
+
+def test_init_section_symbol_makes_the_answer_load_order_dependent() -> None:
+    # klp_module_coming() sees the full symtab (two dup_init); once loaded, kallsyms has only the .text one.
+    symtab = target_symtab(("dup_init", ".text"), ("dup_init", ".init.text"))
+    _, p = evaluate(patch_with(("target_mod", "dup_init", 0)), system(), {"target_mod": symtab})
+    result = symbol(p, "target_mod", "dup_init")
+    assert result.status is SymbolStatus.AMBIGUOUS and result.occurrences == 2
+    assert result.load_order_dependent
+
+
+def test_zero_address_symbol_is_not_found() -> None:
+    data = create_elf_file(
+        [Section(".text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\xcc" * 16)],
+        [Symbol("abs_zero", value=0, shndx=SHN_ABS)],
+    )
+    symtab = parse_module_symtab(data, "target_mod.ko")
+    _, p = evaluate(patch_with(("target_mod", "abs_zero", 0)), system(), {"target_mod": symtab})
+    assert symbol(p, "target_mod", "abs_zero").status is SymbolStatus.NOT_FOUND
+
+
+def test_module_unknown_to_modules_dep() -> None:
+    _, p = evaluate(patch_with(("dummy", "fn", 0)), system())
+    obj = next(o for o in p.objects if o.name == "dummy")
+    assert obj.module_load is ModuleLoad.UNKNOWN
+    assert symbol(p, "dummy", "fn").status is None
+    assert any(x.code == "object_module_unknown" for x in p.problems)
+
+
+def test_release_mismatch_is_always_a_problem_and_blocks_without_modversions() -> None:
+    m = patch_with(("vmlinux", "unique_fn", 0))
+    m.modinfo = [("livepatch", "Y"), ("name", m.name), ("vermagic", "5.10.0-other SMP mod_unload ")]
+    _, plain = evaluate(m, system())
+    _, versioned = evaluate(m, system(), versions=True)
+    for p in (plain, versioned):
+        assert any(x.code == "release_mismatch" for x in p.problems)
+    assert not plain.will_load
+    assert versioned.will_load  # same_magic() skips the release when __versions exists
+
+
+def test_loaded_patch_reports_sysfs_state() -> None:
+    lp = SysfsPatch(
+        "livepatch_test", True, False, True, None, None,
+        (SysfsObject("vmlinux", True, ()), SysfsObject("target_mod", False, ())),
+    )  # fmt: skip
+    symtab = target_symtab(("tgt_fn", ".text"))
+    m = patch_with(("vmlinux", "unique_fn", 0), ("target_mod", "tgt_fn", 0))
+    _, p = evaluate(m, system(livepatches=(lp,)), {"target_mod": symtab})
+    assert p.loaded and p.enabled and p.transition is False
+    vmlinux, target = p.objects
+    assert vmlinux.patched is True and vmlinux.sections[0].state is SectionState.APPLIED
+    assert target.patched is False and target.sections[0].state is SectionState.PENDING
+
+
+def test_another_patch_in_transition_blocks_loading() -> None:
+    busy = SysfsPatch("other_patch", True, True, True, None, None, (SysfsObject("vmlinux", True, ()),))
+    _, p = evaluate(patch_with(("vmlinux", "unique_fn", 0)), system(livepatches=(busy,)))
+    assert not p.will_load
+    assert any("EBUSY" in r for r in p.reasons)
