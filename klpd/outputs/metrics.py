@@ -1,0 +1,433 @@
+"""Prometheus metrics: a custom collector over the daemon's latest snapshot, and the node_exporter textfile.
+
+Nothing is computed on a scrape. The daemon publishes an immutable :class:`MetricsSnapshot` (the
+:class:`~klpd.model.HostStatus` of its last evaluation plus its own counters, :class:`DaemonStats`); the collector
+turns a snapshot into metric families once and serves those families until the next snapshot replaces it.
+
+Every metric klpd exports is declared once, in :data:`METRICS` (name, type, help, labels); the collector can only
+emit declared metrics, and the tests check the alert rules and the Grafana dashboard against the same list.
+Naming follows https://prometheus.io/docs/practices/naming/: the ``klpd_`` prefix, base units (seconds),
+``_total`` on counters, and enumerations exported one-hot (one series per possible value, the current one 1), so
+``klpd_patch_state{state="transition"} == 1`` works as a selector and a state nobody is in still reads 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from klpd import __version__
+from klpd.model import HostStatus, ModuleLoad, ObjectStatus, PatchStatus, SectionState, Severity, SymbolStatus
+
+VMLINUX = "vmlinux"
+TEXTFILE_NAME = "klpd.prom"
+# The format generate_latest() writes for klpd's names (all valid in the classic grammar). Spelt out because
+# prometheus-client's CONTENT_TYPE_LATEST says version=1.0.0 in recent releases; older Prometheus servers expect 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Kind(StrEnum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    name: str  # the name as exposed and queried (a counter's ends in _total)
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+# The value vocabularies of the one-hot and per-value metrics. "unknown" is klpd's own value where the model has
+# None: a loaded patch whose `enabled` could not be read, a symbol whose target .ko is missing.
+PATCH_STATES: tuple[str, ...] = ("enabled", "disabled", "transition", "not_loaded", "unknown")
+SYMBOL_STATUSES: tuple[str, ...] = (*(s.value for s in SymbolStatus), "unknown")
+SECTION_STATES: tuple[str, ...] = tuple(s.value for s in SectionState)
+MODULE_LOAD_VERDICTS: tuple[str, ...] = tuple(v.value for v in ModuleLoad)
+SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)
+
+G, C = Kind.GAUGE, Kind.COUNTER
+# fmt: off
+BUILD_INFO = MetricDef("klpd_build_info", G, "klpd's version; always 1.", ("version",))
+KERNEL_INFO = MetricDef("klpd_kernel_info", G, "The running kernel release; always 1.", ("release",))
+LIVEPATCH_SUPPORTED = MetricDef(
+    "klpd_livepatch_supported", G, "1 when the kernel has livepatch support (/sys/kernel/livepatch exists).")
+KERNEL_TAINTED_LIVEPATCH = MetricDef(
+    "klpd_kernel_tainted_livepatch", G,
+    "1 when the kernel carries the livepatch taint (K); absent when /proc/sys/kernel/tainted is unreadable.")
+KALLSYMS_ADDRESSES_VISIBLE = MetricDef(
+    "klpd_kallsyms_addresses_visible", G,
+    "1 when /proc/kallsyms shows real addresses to klpd rather than zeros (needs CAP_SYSLOG).")
+HOST_PROBLEMS = MetricDef(
+    "klpd_host_problems", G, "Host-level problems (unreadable sources, unparsable files) by severity.",
+    ("severity",))
+PATCH_INFO = MetricDef(
+    "klpd_patch_info", G,
+    "A patch klpd knows (installed or loaded): its file, srcversion and the kernel release it was built for; "
+    "always 1.", ("patch", "path", "srcversion", "release"))
+PATCH_LOADED = MetricDef("klpd_patch_loaded", G, "1 when the patch module is loaded.", ("patch",))
+PATCH_STATE = MetricDef(
+    "klpd_patch_state", G,
+    "The patch's livepatch state, one-hot: enabled, disabled, transition, not_loaded or unknown.",
+    ("patch", "state"))
+PATCH_WILL_LOAD = MetricDef(
+    "klpd_patch_will_load", G,
+    "1 when loading this patch file now would succeed (for a loaded patch: its checks pass).", ("patch",))
+PATCH_PROBLEMS = MetricDef(
+    "klpd_patch_problems", G, "Problems found in the patch, by severity.", ("patch", "severity"))
+PATCH_REPLACE = MetricDef(
+    "klpd_patch_replace", G, "1 when the loaded patch uses atomic replace (sysfs replace, Linux 6.11+).",
+    ("patch",))
+PATCH_STACK_ORDER = MetricDef(
+    "klpd_patch_stack_order", G, "1-based position of the loaded patch in the patch stack (Linux 6.14+).",
+    ("patch",))
+OBJECT_LOADED = MetricDef(
+    "klpd_object_loaded", G, "1 when the object a patch patches (vmlinux or a module) is loaded.",
+    ("patch", "object"))
+OBJECT_PATCHED = MetricDef(
+    "klpd_object_patched", G, "1 when the object is patched (sysfs patched, Linux 6.1+).", ("patch", "object"))
+MODULE_LOAD = MetricDef(
+    "klpd_module_load", G,
+    "For a patched module that is not loaded: would loading it now succeed, one-hot (ok, refused, unknown).",
+    ("patch", "object", "verdict"))
+SYMBOLS = MetricDef(
+    "klpd_symbols", G, "Livepatch symbols of the patch's object, by how the kernel will resolve them.",
+    ("patch", "object", "status"))
+SECTIONS = MetricDef(
+    "klpd_sections", G,
+    "Livepatch relocation sections (.klp.rela) of the patch's object, by state: applied, pending (module not "
+    "loaded) or fails.", ("patch", "object", "state"))
+TRANSITION_START = MetricDef(
+    "klpd_transition_start_time_seconds", G,
+    "Unix time the patch's current transition started (as first seen by klpd).", ("patch",))
+TRANSITION_BLOCKING_TASKS = MetricDef(
+    "klpd_transition_blocking_tasks", G,
+    "Tasks still blocking the patch's transition; absent when /proc/<pid>/task/<tid>/patch_state is unreadable.",
+    ("patch",))
+MODULE_LOAD_REFUSALS = MetricDef(
+    "klpd_module_load_refusals_total", C,
+    "Module loads the kernel refused because applying a patch's relocations failed, as seen in the kernel log.",
+    ("patch", "object"))
+SOURCE_UP = MetricDef(
+    "klpd_source_up", G, "1 when the event or data source works (udev, kernel, journal, kmsg, inotify, ...).",
+    ("source",))
+EVENTS = MetricDef("klpd_events_total", C, "Events received, by source.", ("source",))
+LOST_EVENTS = MetricDef(
+    "klpd_lost_events_total", C, "Times a source lost events (ENOBUFS, POLLERR, overflow), by source; each "
+    "one triggers a full resync.", ("source",))
+EVALUATIONS = MetricDef("klpd_evaluations_total", C, "Evaluations of the host's livepatch status.")
+EVALUATION_DURATION = MetricDef(
+    "klpd_evaluation_duration_seconds", G, "Wall time the last evaluation took.")
+LAST_EVALUATION = MetricDef(
+    "klpd_last_evaluation_timestamp_seconds", G, "Unix time the last evaluation finished.")
+# fmt: on
+
+METRICS: tuple[MetricDef, ...] = (
+    BUILD_INFO, KERNEL_INFO, LIVEPATCH_SUPPORTED, KERNEL_TAINTED_LIVEPATCH, KALLSYMS_ADDRESSES_VISIBLE,
+    HOST_PROBLEMS, PATCH_INFO, PATCH_LOADED, PATCH_STATE, PATCH_WILL_LOAD, PATCH_PROBLEMS, PATCH_REPLACE,
+    PATCH_STACK_ORDER, OBJECT_LOADED, OBJECT_PATCHED, MODULE_LOAD, SYMBOLS, SECTIONS, TRANSITION_START,
+    TRANSITION_BLOCKING_TASKS, MODULE_LOAD_REFUSALS, SOURCE_UP, EVENTS, LOST_EVENTS, EVALUATIONS,
+    EVALUATION_DURATION, LAST_EVALUATION,
+)  # fmt: skip
+METRIC_NAMES: frozenset[str] = frozenset(m.name for m in METRICS)
+
+
+def _empty() -> Mapping[Any, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class DaemonStats:
+    """What only the daemon knows, as of one snapshot. Counters count since the daemon started."""
+
+    events: Mapping[str, int] = field(default_factory=_empty)  # by source
+    lost_events: Mapping[str, int] = field(default_factory=_empty)  # by source
+    evaluations: int = 0
+    evaluation_duration_seconds: float | None = None  # of the evaluation that produced the snapshot
+    evaluation_timestamp_seconds: float | None = None  # Unix time it finished
+    source_up: Mapping[str, bool] = field(default_factory=_empty)  # by source
+    refusals: Mapping[tuple[str, str], int] = field(default_factory=_empty)  # (patch, object)
+    transition_start: Mapping[str, float] = field(default_factory=_empty)  # patch -> Unix time
+    # patch -> tasks whose patch_state differs from the target; a patch is missing when that was unreadable
+    transition_blocking_tasks: Mapping[str, int] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    status: HostStatus
+    stats: DaemonStats = field(default_factory=DaemonStats)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Snapshot -> metric families (pure)
+
+
+class _Families:
+    """One metric family per declared metric, filled in declaration order."""
+
+    def __init__(self) -> None:
+        self._by_def: dict[MetricDef, Metric] = {m: _new_family(m) for m in METRICS}
+
+    def add(self, metric: MetricDef, value: float, *labels: str) -> None:
+        family = self._by_def[metric]
+        # add_metric exists on both family classes; labels must match the declaration.
+        assert len(labels) == len(metric.labels), metric.name
+        family.add_metric(list(labels), value)  # type: ignore[attr-defined]
+
+    def one_hot(self, metric: MetricDef, current: str, values: Iterable[str], *labels: str) -> None:
+        for value in values:
+            self.add(metric, 1.0 if value == current else 0.0, *labels, value)
+
+    def families(self) -> list[Metric]:
+        return list(self._by_def.values())
+
+
+def _new_family(metric: MetricDef) -> Metric:
+    labels = list(metric.labels)
+    if metric.kind is Kind.COUNTER:
+        return CounterMetricFamily(metric.name, metric.help, labels=labels)
+    return GaugeMetricFamily(metric.name, metric.help, labels=labels)
+
+
+def patch_state(patch: PatchStatus) -> str:
+    """The one-hot state of a patch (PATCH_STATES)."""
+    if not patch.loaded:
+        return "not_loaded"
+    if patch.transition:
+        return "transition"
+    if patch.enabled is None:
+        return "unknown"
+    return "enabled" if patch.enabled else "disabled"
+
+
+def build_families(snapshot: MetricsSnapshot | None, version: str = __version__) -> list[Metric]:
+    """Every klpd metric family for a snapshot (None: before the first evaluation, build info only)."""
+    out = _Families()
+    out.add(BUILD_INFO, 1, version)
+    if snapshot is not None:
+        _host(out, snapshot.status)
+        patches = _unique(snapshot.status.patches)
+        for patch in patches:
+            _patch(out, patch, snapshot.stats)
+        # Deduplicated by label values: a duplicate series would make Prometheus reject the whole scrape.
+        for labels in dict.fromkeys(_patch_info_labels(p) for p in snapshot.status.patches):
+            out.add(PATCH_INFO, 1, *labels)
+        _daemon(out, snapshot.stats, patches)
+    return out.families()
+
+
+def _unique(patches: Iterable[PatchStatus]) -> list[PatchStatus]:
+    # Two installed files with one module name (say in /var/lib/kpatch and /usr/lib/kpatch) would give two series
+    # with the same labels, which Prometheus rejects. The first one, in patch directory order, stands for the name;
+    # klpd_patch_info (labelled by path) still shows both files.
+    seen: dict[str, PatchStatus] = {}
+    for patch in patches:
+        seen.setdefault(patch.name, patch)
+    return list(seen.values())
+
+
+def _host(out: _Families, status: HostStatus) -> None:
+    out.add(KERNEL_INFO, 1, status.kernel_release)
+    out.add(LIVEPATCH_SUPPORTED, float(status.livepatch_supported))
+    if status.livepatch_tainted is not None:
+        out.add(KERNEL_TAINTED_LIVEPATCH, float(status.livepatch_tainted))
+    out.add(KALLSYMS_ADDRESSES_VISIBLE, float(status.kallsyms_addresses_visible))
+    for severity in SEVERITIES:
+        out.add(HOST_PROBLEMS, sum(p.severity == severity for p in status.problems), severity)
+
+
+def _patch_info_labels(patch: PatchStatus) -> tuple[str, str, str, str]:
+    release = patch.vermagic.split(" ", 1)[0] if patch.vermagic else ""
+    return (patch.name, patch.path or "", patch.srcversion or "", release)
+
+
+def _patch(out: _Families, patch: PatchStatus, stats: DaemonStats) -> None:
+    name = patch.name
+    out.add(PATCH_LOADED, float(patch.loaded), name)
+    state = patch_state(patch)
+    out.one_hot(PATCH_STATE, state, PATCH_STATES, name)
+    out.add(PATCH_WILL_LOAD, float(patch.will_load), name)
+    for severity in SEVERITIES:
+        out.add(PATCH_PROBLEMS, sum(p.severity == severity for p in patch.problems), name, severity)
+    if patch.replace is not None:
+        out.add(PATCH_REPLACE, float(patch.replace), name)
+    if patch.stack_order is not None:
+        out.add(PATCH_STACK_ORDER, patch.stack_order, name)
+    if state == "transition":
+        if name in stats.transition_start:
+            out.add(TRANSITION_START, stats.transition_start[name], name)
+        if name in stats.transition_blocking_tasks:
+            out.add(TRANSITION_BLOCKING_TASKS, stats.transition_blocking_tasks[name], name)
+    seen: set[str] = set()
+    for obj in patch.objects:
+        if obj.name not in seen:  # first wins, as for patches
+            seen.add(obj.name)
+            _object(out, name, obj)
+
+
+def _object(out: _Families, patch: str, obj: ObjectStatus) -> None:
+    out.add(OBJECT_LOADED, float(obj.loaded), patch, obj.name)
+    if obj.patched is not None:
+        out.add(OBJECT_PATCHED, float(obj.patched), patch, obj.name)
+    if obj.module_load is not None:
+        out.one_hot(MODULE_LOAD, obj.module_load.value, MODULE_LOAD_VERDICTS, patch, obj.name)
+    symbol_counts = dict.fromkeys(SYMBOL_STATUSES, 0)
+    for symbol in obj.symbols:
+        symbol_counts[symbol.status.value if symbol.status is not None else "unknown"] += 1
+    for status, count in symbol_counts.items():
+        out.add(SYMBOLS, count, patch, obj.name, status)
+    section_counts = dict.fromkeys(SECTION_STATES, 0)
+    for section in obj.sections:
+        section_counts[section.state.value] += 1
+    for state, count in section_counts.items():
+        out.add(SECTIONS, count, patch, obj.name, state)
+
+
+def _daemon(out: _Families, stats: DaemonStats, patches: Iterable[PatchStatus]) -> None:
+    # A refusal counter that only appears at the first refusal hides that first increase from increase() and
+    # rate(), so every (patch, module) that could be refused starts at 0.
+    refusals: dict[tuple[str, str], int] = {
+        (p.name, o.name): 0 for p in patches for o in p.objects if o.name != VMLINUX
+    }
+    refusals.update(stats.refusals)
+    for (patch, obj), count in sorted(refusals.items()):
+        out.add(MODULE_LOAD_REFUSALS, count, patch, obj)
+    for source, up in sorted(stats.source_up.items()):
+        out.add(SOURCE_UP, float(up), source)
+    # Every source that exists gets an events series, even before its first event, for the same reason.
+    for source in sorted(set(stats.events) | set(stats.lost_events) | set(stats.source_up)):
+        out.add(EVENTS, stats.events.get(source, 0), source)
+        out.add(LOST_EVENTS, stats.lost_events.get(source, 0), source)
+    out.add(EVALUATIONS, stats.evaluations)
+    if stats.evaluation_duration_seconds is not None:
+        out.add(EVALUATION_DURATION, stats.evaluation_duration_seconds)
+    if stats.evaluation_timestamp_seconds is not None:
+        out.add(LAST_EVALUATION, stats.evaluation_timestamp_seconds)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The collector and the exposition
+
+
+class KlpdCollector:
+    """A prometheus-client collector serving the latest snapshot.
+
+    ``get_snapshot`` returns the daemon's current snapshot (a plain attribute read: it must not compute). The
+    families of a snapshot are built once and reused for every scrape until ``get_snapshot`` returns another one.
+    """
+
+    def __init__(self, get_snapshot: Callable[[], MetricsSnapshot | None], version: str = __version__) -> None:
+        self._get_snapshot = get_snapshot
+        self._version = version
+        # One (snapshot, families) pair, swapped as a whole so a concurrent scrape never sees a mix.
+        self._cache: tuple[MetricsSnapshot | None, list[Metric]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._get_snapshot()
+        cache = self._cache
+        if cache is None or cache[0] is not snapshot:
+            cache = (snapshot, build_families(snapshot, self._version))
+            self._cache = cache
+        return iter(cache[1])
+
+    def describe(self) -> Iterator[Metric]:
+        # Lets a registry detect name clashes without building families from a snapshot.
+        return iter(_new_family(m) for m in METRICS)
+
+
+def build_registry(
+    get_snapshot: Callable[[], MetricsSnapshot | None], *, version: str = __version__, process: bool = True
+) -> CollectorRegistry:
+    """A registry for the daemon's /metrics: klpd's collector, plus process_* metrics (memory, CPU) if asked."""
+    registry = CollectorRegistry()
+    registry.register(KlpdCollector(get_snapshot, version))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render(snapshot: MetricsSnapshot | None, version: str = __version__) -> bytes:
+    """The text exposition format (0.0.4) of one snapshot: what /metrics and the textfile contain of klpd."""
+    return generate_latest(build_registry(lambda: snapshot, version=version, process=False))
+
+
+class ExpositionCache:
+    """/metrics for the daemon: klpd's text rendered once per snapshot, so a scrape only copies bytes.
+
+    prometheus-client formats every sample on every scrape, which for 50 patches (thousands of series) costs tens
+    of milliseconds; the snapshot only changes on an evaluation, so its text is rendered on the first scrape (or
+    textfile write) after it changes. The process_* metrics (a handful, read from /proc/self) stay live.
+    """
+
+    def __init__(
+        self, get_snapshot: Callable[[], MetricsSnapshot | None], *, version: str = __version__, process: bool = True
+    ) -> None:
+        self._get_snapshot = get_snapshot
+        self._version = version
+        self._process: CollectorRegistry | None = None
+        if process:
+            self._process = CollectorRegistry()
+            ProcessCollector(registry=self._process)
+        self._cache: tuple[MetricsSnapshot | None, bytes] | None = None
+
+    def klpd_text(self) -> bytes:
+        snapshot = self._get_snapshot()
+        cache = self._cache
+        if cache is None or cache[0] is not snapshot:
+            cache = (snapshot, render(snapshot, self._version))
+            self._cache = cache
+        return cache[1]
+
+    def scrape(self) -> bytes:
+        text = self.klpd_text()
+        return text + generate_latest(self._process) if self._process is not None else text
+
+
+def metrics_wsgi_app(cache: ExpositionCache) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
+    """A WSGI application serving ``cache`` at /metrics (for wsgiref, as prometheus-client's own server uses)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"klpd serves /metrics\n"]
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        body = cache.scrape()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return app
+
+
+def write_textfile(directory: Path, data: bytes, name: str = TEXTFILE_NAME) -> Path:
+    """Write ``data`` to ``directory/name`` atomically, for node_exporter's textfile collector.
+
+    The data goes to a temporary file in the same directory (same file system, so the rename is atomic; named
+    without the ``.prom`` suffix, so node_exporter never reads it half-written), which then replaces the target.
+    OSError propagates: the caller decides whether a failed write is worth more than a log line.
+    """
+    target = directory / name
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # mkstemp creates 0600; node_exporter usually runs as another user.
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
