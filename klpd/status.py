@@ -69,6 +69,7 @@ class SystemState:
     modules: Mapping[str, LoadedModule]  # /proc/modules
     livepatches: tuple[SysfsPatch, ...]  # /sys/kernel/livepatch
     known_modules: frozenset[str]  # module names that modules.dep of the running release knows
+    modules_dep_read: bool = True  # False: modules.dep is missing or unreadable, so known_modules says nothing
     loaded_srcversions: Mapping[str, str | None] = field(default_factory=dict)  # /sys/module/<patch>/srcversion
     problems: tuple[Problem, ...] = ()  # sources that could not be read (or only partly)
 
@@ -283,6 +284,10 @@ def _module_load(
     patch: str, obj: str, sections: Sequence[SectionResult], system: SystemState, symtab: ModuleSymtab | Problem | None
 ) -> tuple[ModuleLoad, tuple[str, ...]]:
     """Verdict for loading module ``obj`` later, when klp_module_coming() applies the sections of ``obj``."""
+    if not system.modules_dep_read:
+        return ModuleLoad.UNKNOWN, (
+            f"modules.dep of {system.kernel.release} could not be read: the .ko of module '{obj}' cannot be located",
+        )
     if obj not in system.known_modules:
         return ModuleLoad.UNKNOWN, (
             f"no module '{obj}' in modules.dep of {system.kernel.release}: the kernel will never apply these sections",
@@ -397,7 +402,7 @@ def _patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
         problems.append(p.file_problem)
     objects = _objects(system, p, sysfs)
     for obj in objects:
-        if obj.module_load is ModuleLoad.UNKNOWN and obj.name not in system.known_modules:
+        if obj.module_load is ModuleLoad.UNKNOWN and system.modules_dep_read and obj.name not in system.known_modules:
             problems.append(
                 Problem(
                     "object_module_unknown",

@@ -1,0 +1,188 @@
+"""``klpctl``: inspect, check and status, declared as a table; one place maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from klpd import __version__
+from klpd.api_client import DaemonUnavailable, fetch_status
+from klpd.collect import evaluate_files, evaluate_host, read_module_file
+from klpd.errors import KlpdError, UsageError
+from klpd.model import HostStatus, PatchModule, Problem, Severity
+from klpd.outputs import json as json_out
+from klpd.outputs import text as text_out
+from klpd.root import SystemRoot
+from klpd.status import has_problems, undetermined
+
+DEFAULT_SOCKET = "/run/klpd/klpd.sock"
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    PROBLEMS = 1  # something will fail, or is wrong
+    USAGE = 2
+    UNDETERMINED = 3  # a source could not be read: the answer may be incomplete
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _status_exit(status: HostStatus) -> int:
+    if has_problems(status):
+        return ExitCode.PROBLEMS
+    if undetermined(status):
+        return ExitCode.UNDETERMINED
+    return ExitCode.OK
+
+
+def _root(args: argparse.Namespace) -> SystemRoot:
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"--root {args.root}: not a directory")
+    return SystemRoot.at(root)
+
+
+# -- inspect --------------------------------------------------------------------------------------------------------
+
+
+def _configure_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="livepatch module files (.ko, .ko.xz, .ko.gz, .ko.zst)")
+    p.add_argument("--no-relocations", action="store_true", help="do not list every relocation")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    modules: list[PatchModule] = []
+    problems: list[Problem] = []
+    for name in args.files:
+        module, problem = read_module_file(Path(name), name)
+        if module is not None:
+            modules.append(module)
+        if problem is not None:
+            problems.append(problem)
+    if args.json:
+        print(json_out.dumps(json_out.inspect_document(modules, problems)), end="")
+    else:
+        print(text_out.render_inspect(modules, problems, relocations=not args.no_relocations), end="")
+    bad = problems or any(x.severity is Severity.ERROR for m in modules for x in m.problems)
+    return ExitCode.PROBLEMS if bad else ExitCode.OK
+
+
+# -- check ----------------------------------------------------------------------------------------------------------
+
+
+def _configure_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="livepatch module files to check against this host")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every section and symbol")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    status = evaluate_files(_root(args), [Path(f) for f in args.files])
+    _print_status(args, status, "check")
+    return _status_exit(status)
+
+
+# -- status ---------------------------------------------------------------------------------------------------------
+
+
+def _configure_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--direct", action="store_true", help="compute in this process instead of asking the daemon")
+    p.add_argument("--socket", default=None, metavar="PATH", help=f"the daemon's socket (default {DEFAULT_SOCKET})")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every object, section and symbol")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    if not args.direct:
+        socket_path = args.socket or DEFAULT_SOCKET
+        try:
+            doc = fetch_status(socket_path)
+        except DaemonUnavailable as exc:
+            print(f"klpctl: no klpd daemon answers on {socket_path} ({exc}); computing directly", file=sys.stderr)
+        else:
+            status = json_out.status_from_document(doc)
+            if args.json:
+                print(json_out.dumps(doc), end="")
+            else:
+                print(text_out.render_status(status, args.verbose), end="")
+                print(text_out.render_daemon(doc.get("daemon") or {}), end="")
+            return _status_exit(status)
+    status = evaluate_host(_root(args))
+    _print_status(args, status, "direct")
+    return _status_exit(status)
+
+
+def _print_status(args: argparse.Namespace, status: HostStatus, source: str) -> None:
+    if args.json:
+        print(json_out.dumps(json_out.status_document(status, source)), end="")
+    else:
+        print(text_out.render_status(status, getattr(args, "verbose", False)), end="")
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "inspect",
+        "show a livepatch module's modinfo, sections, symbols, relocations and problems",
+        _configure_inspect,
+        _run_inspect,
+    ),
+    Command(
+        "check",
+        "pre-flight: will these patch modules load on this host, and what will they do",
+        _configure_check,
+        _run_check,
+    ),
+    Command("status", "the livepatch state of this host: loaded and installed patches", _configure_status, _run_status),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="klpctl", description="Livepatch state, computed as the kernel will compute it."
+    )
+    parser.add_argument("--version", action="version", version=f"klpctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p.add_argument(
+            "--root",
+            default="/",
+            metavar="DIR",
+            help="read the system from DIR instead of / (a fixture tree or a copy of a host)",
+        )
+        p.add_argument("--json", action="store_true", help="print the versioned JSON document")
+        command.configure(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else ExitCode.USAGE
+    try:
+        return int(args.run(args))
+    except UsageError as exc:
+        print(f"klpctl: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KlpdError as exc:
+        print(f"klpctl: {exc}", file=sys.stderr)
+        return ExitCode.UNDETERMINED
+    except BrokenPipeError:
+        return ExitCode.OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def main_entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Gathering the inputs of the status computation: the only part of the core that does I/O.
+
+sources (klpd/sources, klpd/elf) → :class:`~klpd.status.SystemState` + :class:`~klpd.status.PatchInput` →
+:func:`klpd.status.compute_status`. The daemon keeps a :class:`ModuleCache` so unchanged files are not re-parsed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from klpd.elf import read_module_symtab, read_patch_module
+from klpd.errors import FormatError, KlpdError, SourceError
+from klpd.model import HostStatus, ModuleSymtab, PatchModule, Problem, Severity
+from klpd.names import module_name_from_filename
+from klpd.root import SystemRoot
+from klpd.sources import kallsyms as kallsyms_source
+from klpd.sources import kernel as kernel_source
+from klpd.sources import livepatch_sysfs, modules_dep, patch_files, proc_modules, sys_module
+from klpd.status import VMLINUX, PatchInput, SystemState, compute_status
+
+
+def _file_problem(exc: KlpdError | OSError, path: str) -> Problem:
+    reason = exc.reason if isinstance(exc, FormatError | SourceError) else str(exc)
+    return Problem("unreadable_file", Severity.ERROR, f"{path}: {reason}", subject=path)
+
+
+def read_module_file(path: Path, display: str | None = None) -> tuple[PatchModule | None, Problem | None]:
+    """Parse a patch module file; a bad file is a Problem naming it, never an exception."""
+    shown = display or str(path)
+    try:
+        return read_patch_module(path, shown), None
+    except (KlpdError, OSError) as exc:
+        return None, _file_problem(exc, shown)
+
+
+class ModuleCache:
+    """Parsed files by path, valid while (inode, size, mtime) stay the same: unchanged files are not parsed again."""
+
+    def __init__(self) -> None:
+        self._patches: dict[str, tuple[tuple[int, int, int], PatchModule | None, Problem | None]] = {}
+        self._symtabs: dict[str, tuple[tuple[int, int, int], ModuleSymtab | Problem]] = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def patch(self, path: Path, display: str) -> tuple[PatchModule | None, Problem | None]:
+        stamp = self._stamp(path)
+        hit = self._patches.get(str(path))
+        if stamp is not None and hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+        module, problem = read_module_file(path, display)
+        if stamp is not None:
+            self._patches[str(path)] = (stamp, module, problem)
+        return module, problem
+
+    def symtab(self, path: Path, display: str) -> ModuleSymtab | Problem:
+        stamp = self._stamp(path)
+        hit = self._symtabs.get(str(path))
+        if stamp is not None and hit is not None and hit[0] == stamp:
+            return hit[1]
+        result: ModuleSymtab | Problem
+        try:
+            result = read_module_symtab(path)
+        except (KlpdError, OSError) as exc:
+            result = _file_problem(exc, display)
+        if stamp is not None:
+            self._symtabs[str(path)] = (stamp, result)
+        return result
+
+    def retain(self, paths: Iterable[Path]) -> None:
+        """Forget every entry but these (files that disappeared must not pin memory in a long-running daemon)."""
+        keep = {str(p) for p in paths}
+        for table in (self._patches, self._symtabs):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one evaluation
+
+SOURCES = ("kallsyms", "proc_modules", "livepatch_sysfs", "modules_dep", "patch_files")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    status: HostStatus
+    duration_seconds: float
+    source_up: Mapping[str, bool]  # per source in SOURCES: read without an error
+    watch_dirs: tuple[Path, ...]  # the patch install directories that exist, and the nearest existing parents
+
+
+def _up(problems: Iterable[Problem]) -> bool:
+    return not any(p.severity is Severity.ERROR for p in problems)
+
+
+class Evaluator:
+    """Reads the system and computes its status; keeps what does not change between evaluations.
+
+    The vmlinux part of /proc/kallsyms never changes while the kernel runs, and patch files rarely do: both are
+    reused, so an evaluation after a module event costs little more than reading /proc/kallsyms.
+    """
+
+    def __init__(self, root: SystemRoot) -> None:
+        self.root = root
+        self.cache = ModuleCache()
+        self._kallsyms: kallsyms_source.Kallsyms | None = None
+
+    def system(self) -> tuple[SystemState, dict[str, bool], modules_dep.ModulesDep]:
+        root = self.root
+        problems: list[Problem] = []
+        up: dict[str, bool] = {}
+        kernel = kernel_source.read_kernel_info(root)
+        problems += kernel.problems
+        release = kernel.value.release
+        try:
+            kallsyms = kallsyms_source.read_kallsyms(root, self._kallsyms)
+        except SourceError as exc:
+            raise SourceError(exc.path, f"{exc.reason}: without it no livepatch symbol can be resolved") from exc
+        self._kallsyms = kallsyms
+        problems += kallsyms.problems
+        up["kallsyms"] = _up(kallsyms.problems)
+        modules = proc_modules.read_proc_modules(root)
+        problems += modules.problems
+        up["proc_modules"] = _up(modules.problems)
+        livepatches = livepatch_sysfs.read_livepatch(root)
+        problems += livepatches.problems
+        up["livepatch_sysfs"] = _up(livepatches.problems)
+        dep = modules_dep.read_modules_dep(root, release)
+        problems += dep.problems
+        up["modules_dep"] = _up(dep.problems)
+        srcversions = {}
+        for lp in livepatches.value:
+            info = sys_module.read_sys_module(root, lp.name)
+            srcversions[lp.name] = info.value.srcversion if info.value else None
+        state = SystemState(
+            kernel=kernel.value,
+            kallsyms=kallsyms,
+            modules=modules.value,
+            livepatches=livepatches.value,
+            known_modules=frozenset(dep.names()),
+            modules_dep_read=not dep.problems or bool(dep.names()),
+            loaded_srcversions=srcversions,
+            problems=tuple(problems),
+        )
+        return state, up, dep
+
+    def _patch_input(self, system: SystemState, dep: modules_dep.ModulesDep, name: str, *,
+                     module: PatchModule | None, problem: Problem | None, path: str | None) -> PatchInput:  # fmt: skip
+        symtabs: dict[str, ModuleSymtab | Problem] = {}
+        if module is not None:
+            wanted = {s.object for s in module.sections if s.object} | {
+                sym.parsed.object for sym in module.symbols.values() if sym.parsed
+            }
+            for obj in sorted(wanted - {VMLINUX} - set(system.modules)):
+                ko = dep.get(obj)
+                if ko is not None:
+                    symtabs[obj] = self.cache.symtab(ko, self.root.host_path(ko))
+        return PatchInput(name, module, symtabs, problem, path)
+
+    def evaluate(self, files: Sequence[Path] | None = None) -> Evaluation:
+        """Every loaded and installed patch, or (``files``) exactly these files as ``klpctl check`` asks."""
+        started = time.monotonic()
+        system, up, dep = self.system()
+        inputs: list[PatchInput] = []
+        seen: list[Path] = []
+        host_problems: list[Problem] = []
+        if files is not None:
+            for f in files:
+                module, problem = read_module_file(f, str(f))
+                name = module.name if module else module_name_from_filename(f.name)
+                inputs.append(self._patch_input(system, dep, name, module=module, problem=problem, path=str(f)))
+            up["patch_files"] = True
+        else:
+            found = patch_files.find_patch_files(self.root, system.kernel.release)
+            host_problems += found.problems
+            up["patch_files"] = _up(found.problems)
+            by_name: dict[str, list[tuple[Path, PatchModule | None, Problem | None]]] = {}
+            for path in found.value:
+                seen.append(path)
+                display = self.root.host_path(path)
+                module, problem = self.cache.patch(path, display)
+                if module is not None and not module.modinfo.livepatch:
+                    continue  # an ordinary module in extra/ or updates/
+                name = module.name if module else module_name_from_filename(path.name)
+                by_name.setdefault(name, []).append((path, module, problem))
+            loaded = {lp.name for lp in system.livepatches}
+            for name in sorted(set(by_name) | loaded):
+                candidates = by_name.get(name, [])
+                chosen = _choose(candidates, system.loaded_srcversions.get(name))
+                for other in candidates:
+                    if other is not chosen:
+                        host_problems.append(
+                            Problem(
+                                "duplicate_patch_file",
+                                Severity.WARNING,
+                                f"{self.root.host_path(other[0])}: another file for patch '{name}'; klpd reports"
+                                f" {self.root.host_path(chosen[0]) if chosen else '-'}",
+                                subject=self.root.host_path(other[0]),
+                            )
+                        )
+                if chosen is None:
+                    inputs.append(PatchInput(name, None))
+                else:
+                    path, module, problem = chosen
+                    inputs.append(
+                        self._patch_input(
+                            system, dep, name, module=module, problem=problem, path=self.root.host_path(path)
+                        )
+                    )
+            self.cache.retain([*seen, *dep.paths()])
+        if host_problems:
+            system = replace(system, problems=system.problems + tuple(host_problems))
+        status = compute_status(system, inputs)
+        return Evaluation(status, time.monotonic() - started, up, self._watch_dirs(system.kernel.release))
+
+    def _watch_dirs(self, release: str) -> tuple[Path, ...]:
+        dirs: list[Path] = []
+        for d in self.root.patch_dirs_for(release):
+            probe = d
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if probe not in dirs:
+                dirs.append(probe)
+        return tuple(dirs)
+
+
+def _choose(candidates: list[tuple[Path, PatchModule | None, Problem | None]], loaded_srcversion: str | None,
+            ) -> tuple[Path, PatchModule | None, Problem | None] | None:  # fmt: skip
+    """The file that stands for a patch: the one the kernel loaded (same srcversion), else the first."""
+    for candidate in candidates:
+        module = candidate[1]
+        if loaded_srcversion and module is not None and module.modinfo.srcversion == loaded_srcversion:
+            return candidate
+    return candidates[0] if candidates else None
+
+
+def evaluate_host(root: SystemRoot) -> HostStatus:
+    """One-shot status of every loaded and installed patch (``klpctl status --direct``)."""
+    return Evaluator(root).evaluate().status
+
+
+def evaluate_files(root: SystemRoot, files: Sequence[Path]) -> HostStatus:
+    """``klpctl check``: these files against the host under ``root``."""
+    return Evaluator(root).evaluate(files).status

@@ -1,0 +1,125 @@
+"""The one JSON codec of klpd: the versioned ``klpd.status/1`` and ``klpd.inspect/1`` documents.
+
+``encode`` turns the frozen model into plain JSON values field by field (enums as their string value), ``decode``
+rebuilds the model from them, so ``klpctl status`` can render what the daemon sent exactly as it renders its own
+computation. Schema changes that remove or rename a field bump the number after the slash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from klpd.model import HostStatus, PatchModule
+
+STATUS_SCHEMA = "klpd.status/1"
+INSPECT_SCHEMA = "klpd.inspect/1"
+
+T = TypeVar("T")
+
+
+def encode(value: Any) -> Any:
+    """A JSON-ready value (dicts, lists, str, int, bool, None) for a model object."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): encode(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [encode(v) for v in value]
+    return value
+
+
+def decode(cls: type[T], data: Any) -> T:
+    """Rebuild a model dataclass from :func:`encode` output; raises ValueError on a mismatch."""
+    return typing.cast(T, _decode(cls, data))
+
+
+def _decode(hint: Any, data: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if data is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(arg, data)
+            except (ValueError, TypeError, KeyError) as exc:
+                errors.append(str(exc))
+        raise ValueError(f"{data!r} fits none of {hint}: {'; '.join(errors)}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(data, list):
+            raise ValueError(f"expected a list, got {data!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v) for v in data)
+        return tuple(_decode(a, v) for a, v in zip(args, data, strict=True))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(data)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object for {hint.__name__}, got {data!r}")
+        hints = typing.get_type_hints(hint)
+        kwargs = {f.name: _decode(hints[f.name], data[f.name]) for f in dataclasses.fields(hint) if f.name in data}
+        return hint(**kwargs)
+    if hint is bool:
+        if not isinstance(data, bool):
+            raise ValueError(f"expected a boolean, got {data!r}")
+        return data
+    if hint is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise ValueError(f"expected an integer, got {data!r}")
+        return data
+    if hint is str:
+        if not isinstance(data, str):
+            raise ValueError(f"expected a string, got {data!r}")
+        return data
+    return data
+
+
+def status_document(status: HostStatus, source: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``klpd.status/1`` document. ``source`` says who computed it: "direct", "check" or "daemon"."""
+    doc: dict[str, Any] = {"schema": STATUS_SCHEMA, "source": source}
+    body = encode(status)
+    doc["host"] = {
+        k: body.pop(k)
+        for k in ("kernel_release", "tainted", "livepatch_tainted", "livepatch_supported", "kallsyms_addresses_visible")
+    }
+    doc.update(body)
+    if extra:
+        doc["daemon"] = dict(extra)
+    return doc
+
+
+def status_from_document(doc: Mapping[str, Any]) -> HostStatus:
+    """The HostStatus inside a ``klpd.status/1`` document (as the daemon sends it)."""
+    if doc.get("schema") != STATUS_SCHEMA:
+        raise ValueError(f"unsupported schema {doc.get('schema')!r}, expected {STATUS_SCHEMA!r}")
+    flat = dict(doc["host"])
+    flat["patches"] = doc["patches"]
+    flat["problems"] = doc.get("problems", [])
+    return decode(HostStatus, flat)
+
+
+def inspect_document(modules: list[PatchModule], problems: list[Any]) -> dict[str, Any]:
+    """The ``klpd.inspect/1`` document: every parsed file, and files that could not be parsed."""
+    files = []
+    for module in modules:
+        body = encode(module)
+        body["symbols"] = [encode(s) for _, s in sorted(module.symbols.items())]
+        body["modinfo"] = [{"key": k, "value": v} for k, v in module.modinfo.entries]
+        files.append(body)
+    return {"schema": INSPECT_SCHEMA, "files": files, "problems": encode(problems)}
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,71 @@
+"""The running kernel: /proc/sys/kernel/osrelease, /proc/sys/kernel/tainted, /sys/kernel/livepatch.
+
+``osrelease`` is what ``uname -r`` prints; ``tainted`` (since 2.6) is the decimal taint mask, bit 15 (``K``,
+TAINT_LIVEPATCH, since 4.0) set once any livepatch module has been loaded; /sys/kernel/livepatch exists when the
+kernel has CONFIG_LIVEPATCH (since 3.19).
+
+On the live host the release may come from uname(2) when procfs cannot give it; under any other root it must
+come from the tree, or klpd would judge a copied host against the machine it happens to run on.
+"""
+
+from __future__ import annotations
+
+import os
+
+from klpd.errors import FormatError, SourceError
+from klpd.model import KernelInfo, Problem, Severity
+from klpd.root import SystemRoot
+from klpd.sources.result import Read, os_reason, unreadable
+
+
+def parse_osrelease(text: str, path: str) -> str:
+    release = text.strip()
+    if not release or any(c.isspace() for c in release):
+        raise FormatError(path, f"not a kernel release: {text[:60]!r}")
+    return release
+
+
+def parse_tainted(text: str, path: str) -> int:
+    value = text.strip()
+    # The kernel prints an unsigned long; 20 digits bound it, and the bound keeps int() cheap on hostile input.
+    if not value.isdigit() or len(value) > 20:
+        raise FormatError(path, f"not a taint mask: {text[:60]!r}")
+    return int(value)
+
+
+def _release(root: SystemRoot, problems: list[Problem]) -> str:
+    path = root.osrelease
+    host = root.host_path(path)
+    try:
+        return parse_osrelease(path.read_text(encoding="utf-8", errors="replace"), host)
+    except (OSError, FormatError) as error:
+        if not root.is_live:
+            reason = os_reason(error) if isinstance(error, OSError) else error.reason
+            raise SourceError(host, f"{reason}: the kernel release under this root is unknown") from error
+        problems.append(
+            Problem("source_unreadable", Severity.WARNING, f"{host}: {error}; using uname(2)", subject=host)
+        )
+        return os.uname().release
+
+
+def _tainted(root: SystemRoot, problems: list[Problem]) -> int | None:
+    path = root.tainted
+    host = root.host_path(path)
+    try:
+        return parse_tainted(path.read_text(encoding="utf-8", errors="replace"), host)
+    except OSError as error:
+        problems.append(unreadable(host, error))
+    except FormatError as error:
+        problems.append(Problem("attribute_malformed", Severity.WARNING, str(error), subject=host))
+    return None
+
+
+def read_kernel_info(root: SystemRoot) -> Read[KernelInfo]:
+    """Release, taint mask (None when unreadable) and livepatch support; SourceError when the release is unknown."""
+    problems: list[Problem] = []
+    info = KernelInfo(
+        release=_release(root, problems),
+        tainted=_tainted(root, problems),
+        livepatch_supported=root.sys_livepatch.is_dir(),
+    )
+    return Read(info, tuple(problems))

@@ -1,0 +1,104 @@
+"""/lib/modules/<release>/modules.dep: where each module of a kernel release is installed (depmod(8)).
+
+One line per module: ``<path>: <dependency path> ...``; paths are relative to /lib/modules/<release> (absolute
+ones are kept as they are), the file name ends in ``.ko`` or ``.ko.xz``/``.ko.gz``/``.ko.zst``, and the module
+name is the file name without that suffix and with ``-`` read as ``_`` (the kernel's own spelling). klpd uses it
+to find the .ko of a patch's target module that is not loaded, to predict klp_module_coming().
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from klpd.model import Problem, Severity
+from klpd.names import module_name_from_filename
+from klpd.root import SystemRoot
+from klpd.sources.result import malformed_lines, unreadable
+
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+
+
+@dataclass(frozen=True)
+class ModulesDep:
+    """modules.dep of one release: module name -> its .ko file, as a path under the root it was read from."""
+
+    path: str  # host path of modules.dep, for messages
+    modules: Mapping[str, Path] = field(default_factory=dict)
+    dependencies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # module name -> module names
+    problems: tuple[Problem, ...] = ()
+
+    def get(self, name: str) -> Path | None:
+        """The .ko of module ``name`` ('-' and '_' spellings alike), or None when depmod does not know it."""
+        return self.modules.get(name.replace("-", "_"))
+
+    def depends(self, name: str) -> tuple[str, ...]:
+        return self.dependencies.get(name.replace("-", "_"), ())
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self.modules)
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(self.modules.values())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.replace("-", "_") in self.modules
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+def _host_path(entry: str, base: str) -> str | None:
+    if not entry.endswith(MODULE_SUFFIXES):
+        return None
+    return posixpath.normpath(posixpath.join(base, entry))
+
+
+def parse_modules_dep(text: str, path: str, root: SystemRoot | None = None) -> ModulesDep:
+    """Parse modules.dep whose host path is ``path`` (relative entries are relative to its directory).
+
+    With ``root``, the .ko paths are mapped under it (``root.path``); without, they are host paths.
+    """
+    base = posixpath.dirname(path)
+    modules: dict[str, Path] = {}
+    dependencies: dict[str, tuple[str, ...]] = {}
+    skipped = 0
+    first: tuple[int, str] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        target, colon, rest = line.partition(":")
+        module = _host_path(target.strip(), base) if colon else None
+        deps = [_host_path(d, base) for d in rest.split()]
+        if module is None or None in deps:
+            skipped += 1
+            first = first or (number, line)
+            continue
+        name = module_name_from_filename(module)
+        # depmod writes each module once; should a name repeat, the first entry is kept, as modprobe does.
+        if name not in modules:
+            modules[name] = root.path(module) if root is not None else Path(module)
+            dependencies[name] = tuple(module_name_from_filename(d) for d in deps if d is not None)
+    problems = () if first is None else (malformed_lines(path, skipped, *first),)
+    return ModulesDep(path, modules, dependencies, problems)
+
+
+def read_modules_dep(root: SystemRoot, release: str) -> ModulesDep:
+    """modules.dep of ``release`` under ``root``; missing or unreadable: empty, with a Problem."""
+    path = root.modules_dep(release)
+    host = root.host_path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        problem = Problem(
+            "source_missing",
+            Severity.WARNING,
+            f"{host}: missing: modules of kernel {release} cannot be located (run depmod)",
+            subject=host,
+        )
+        return ModulesDep(host, problems=(problem,))
+    except OSError as error:
+        return ModulesDep(host, problems=(unreadable(host, error),))
+    return parse_modules_dep(text, host, root)

@@ -1,0 +1,53 @@
+"""How every reader in ``klpd/sources`` hands back what it found and what was wrong with it.
+
+One rule for all readers:
+
+- A source that cannot be read at all and without which nothing sensible can be said (``/proc/kallsyms``, the
+  kernel release) raises :class:`klpd.errors.SourceError`; a malformed file given to a pure ``parse_*`` function
+  that cannot yield anything raises :class:`klpd.errors.FormatError`.
+- Everything else — an odd line skipped, an attribute missing or unreadable, an optional file absent — is a
+  :class:`klpd.model.Problem` returned next to the value, and reading carries on.
+
+Readers whose result is a type of their own (``Kallsyms``, ``ModulesDep``) carry a ``problems`` field in it; the
+others return :class:`Read`, a value plus the problems met while reading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from klpd.model import Problem, Severity
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Read(Generic[T]):
+    """A reader's value and the problems met while reading it (empty when all went well)."""
+
+    value: T
+    problems: tuple[Problem, ...] = ()
+
+
+def unreadable(path: str, error: OSError, severity: Severity = Severity.WARNING) -> Problem:
+    """A Problem for a file or directory that exists (or should) but could not be read."""
+    reason = error.strerror or type(error).__name__
+    return Problem("source_unreadable", severity, f"{path}: cannot read: {reason}", subject=path)
+
+
+def malformed_lines(path: str, count: int, first_line: int, first_text: str) -> Problem:
+    """One Problem per file for its skipped lines: how many, and the first of them (quoted, cut short)."""
+    shown = first_text if len(first_text) <= 80 else first_text[:77] + "..."
+    plural = "line" if count == 1 else "lines"
+    return Problem(
+        "malformed_lines",
+        Severity.WARNING,
+        f"{path}: skipped {count} malformed {plural}, first at line {first_line}: {shown!r}",
+        subject=path,
+    )
+
+
+def os_reason(error: OSError) -> str:
+    """The short reason for an OSError, as SourceError messages give it."""
+    return error.strerror or type(error).__name__
