@@ -68,7 +68,7 @@ class ModuleCache:
             return hit[1]
         result: ModuleSymtab | Problem
         try:
-            result = read_module_symtab(path)
+            result = replace(read_module_symtab(path), path=display)
         except (KlpdError, OSError) as exc:
             result = _file_problem(exc, display)
         if stamp is not None:

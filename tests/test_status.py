@@ -111,13 +111,16 @@ def test_unique_vmlinux_symbol_loads() -> None:
 @pytest.mark.parametrize(
     ("sym", "pos", "expected", "message"),
     [
-        ("dup_fn", 0, SymbolStatus.AMBIGUOUS, "livepatch: unresolvable ambiguity for symbol 'dup_fn' in object 'vmlinux'"),
+        ("dup_fn", 0, SymbolStatus.AMBIGUOUS,
+         "livepatch: unresolvable ambiguity for symbol 'dup_fn' in object 'vmlinux'"),
         ("dup_fn", 3, SymbolStatus.SYMPOS_NOT_FOUND,
          "livepatch: symbol position 3 for symbol 'dup_fn' in object 'vmlinux' not found"),
         ("nonexistent", 0, SymbolStatus.NOT_FOUND, "livepatch: symbol 'nonexistent' not found in symbol table"),
     ],
 )  # fmt: skip
-def test_unresolvable_vmlinux_symbol_fails_the_patch_load(sym: str, pos: int, expected: SymbolStatus, message: str) -> None:
+def test_unresolvable_vmlinux_symbol_fails_the_patch_load(
+    sym: str, pos: int, expected: SymbolStatus, message: str
+) -> None:
     status, p = evaluate(patch_with(("vmlinux", sym, pos)), system())
     result = symbol(p, "vmlinux", sym)
     assert result.status is expected
