@@ -1,0 +1,119 @@
+"""klpctl as a user runs it: exit codes, messages that name the thing at fault, the JSON documents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from elfwriter import R_X86_64_PC32, KlpModule
+from fixtures import RELEASE, FixtureRoot
+
+from klpd.cli import ExitCode, main
+from klpd.outputs.json import INSPECT_SCHEMA, STATUS_SCHEMA
+
+
+def good_patch() -> bytes:
+    m = KlpModule("lp_good", vermagic=f"{RELEASE} SMP")
+    text = m.function("fn")
+    m.klp_rela("vmlinux", text, [(0, m.klp_sym("vmlinux", "foo", 0), R_X86_64_PC32, -4)])
+    return m.build()
+
+
+@pytest.fixture
+def fx(tmp_path: Path) -> FixtureRoot:
+    fx = FixtureRoot(tmp_path / "root")
+    fx.kernel(RELEASE)
+    fx.kallsyms(vmlinux=[(0xFFFFFFFF81000000, "T", "foo")])
+    fx.proc_modules([])
+    fx.modules_dep(RELEASE, {})
+    return fx
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == ExitCode.USAGE
+    assert main(["frobnicate"]) == ExitCode.USAGE
+    assert main(["check"]) == ExitCode.USAGE  # FILE is required
+    assert main(["status", "--root", "/nonexistent/dir", "--direct"]) == ExitCode.USAGE
+    assert "--root /nonexistent/dir: not a directory" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "inspect" in capsys.readouterr().out
+
+
+def test_inspect_good_and_corrupt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "lp_good.ko"
+    good.write_bytes(good_patch())
+    bad = tmp_path / "bad.ko"
+    bad.write_bytes(good_patch()[:200])
+    assert main(["inspect", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert ".klp.rela.vmlinux.text.fn" in out and ".klp.sym.vmlinux.foo,0" in out and "R_X86_64_PC32" in out
+    assert main(["inspect", "--json", str(good), str(bad)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == INSPECT_SCHEMA
+    assert [f["name"] for f in doc["files"]] == ["lp_good"]
+    assert doc["files"][0]["sections"][0]["relocations"][0]["type_name"] == "R_X86_64_PC32"
+    assert str(bad) in doc["problems"][0]["message"]
+
+
+def test_check_json_schema(fx: FixtureRoot, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ko = tmp_path / "lp_good.ko"
+    ko.write_bytes(good_patch())
+    assert main(["check", "--json", "--root", str(fx.path), str(ko)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == STATUS_SCHEMA and doc["source"] == "check"
+    (patch,) = doc["patches"]
+    assert patch["name"] == "lp_good" and patch["will_load"] is True
+    (obj,) = patch["objects"]
+    assert obj["name"] == "vmlinux" and obj["loaded"] is True and obj["module_load"] is None
+    (sym,) = obj["symbols"]
+    assert {k: sym[k] for k in ("object", "name", "sympos", "status")} == {
+        "object": "vmlinux",
+        "name": "foo",
+        "sympos": 0,
+        "status": "ok",
+    }
+
+
+def test_check_missing_file_names_it(fx: FixtureRoot, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--root", str(fx.path), "/nonexistent/lp.ko"]) == 1
+    out = capsys.readouterr().out
+    assert "/nonexistent/lp.ko" in out and "will NOT load" in out
+
+
+def test_unreadable_kallsyms_cannot_determine(
+    fx: FixtureRoot, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fx.root.kallsyms.unlink()
+    ko = tmp_path / "lp_good.ko"
+    ko.write_bytes(good_patch())
+    assert main(["check", "--root", str(fx.path), str(ko)]) == ExitCode.UNDETERMINED
+    err = capsys.readouterr().err
+    assert "proc/kallsyms" in err and "Traceback" not in err
+
+
+def test_status_without_daemon_says_so_and_falls_back(fx: FixtureRoot, tmp_path: Path, capsys) -> None:
+    code = main(["status", "--root", str(fx.path), "--socket", str(tmp_path / "none.sock"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"no klpd daemon answers on {tmp_path / 'none.sock'}" in captured.err
+    assert json.loads(captured.out)["source"] == "direct"
+
+
+def test_console_script_runs(fx: FixtureRoot) -> None:
+    """The installed entry point, as a user types it (no Python traceback on a bad root either)."""
+    klpctl = Path(sys.executable).with_name("klpctl")
+    ok = subprocess.run(
+        [klpctl, "status", "--direct", "--root", str(fx.path)], capture_output=True, text=True, check=False
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert f"kernel {RELEASE}" in ok.stdout
+    bad = subprocess.run(
+        [klpctl, "status", "--direct", "--root", "/nonexistent"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
