@@ -105,10 +105,10 @@ def _run_status(args: argparse.Namespace) -> int:
         socket_path = args.socket or DEFAULT_SOCKET
         try:
             doc = fetch_status(socket_path)
-        except DaemonUnavailable as exc:
+            status = json_out.status_from_document(doc)
+        except (DaemonUnavailable, ValueError) as exc:
             print(f"klpctl: no klpd daemon answers on {socket_path} ({exc}); computing directly", file=sys.stderr)
         else:
-            status = json_out.status_from_document(doc)
             if args.json:
                 print(json_out.dumps(doc), end="")
             else:

@@ -70,6 +70,13 @@ def _decode(hint: Any, data: Any) -> Any:
             raise ValueError(f"expected an object for {hint.__name__}, got {data!r}")
         hints = typing.get_type_hints(hint)
         kwargs = {f.name: _decode(hints[f.name], data[f.name]) for f in dataclasses.fields(hint) if f.name in data}
+        missing = [
+            f.name
+            for f in dataclasses.fields(hint)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(f"{hint.__name__}: missing {', '.join(missing)}")
         return hint(**kwargs)
     if hint is bool:
         if not isinstance(data, bool):
@@ -104,6 +111,8 @@ def status_from_document(doc: Mapping[str, Any]) -> HostStatus:
     """The HostStatus inside a ``klpd.status/1`` document (as the daemon sends it)."""
     if doc.get("schema") != STATUS_SCHEMA:
         raise ValueError(f"unsupported schema {doc.get('schema')!r}, expected {STATUS_SCHEMA!r}")
+    if not isinstance(doc.get("host"), dict) or not isinstance(doc.get("patches"), list):
+        raise ValueError("a status document needs 'host' and 'patches'")
     flat = dict(doc["host"])
     flat["patches"] = doc["patches"]
     flat["problems"] = doc.get("problems", [])
