@@ -52,6 +52,7 @@ _KLP_SYM_PREFIX = KLP_SYM_PREFIX.encode()
 # Bytes of vmlinux lines parsed per block: small enough that a block's short-lived tokens are freed and their
 # memory reused by the next block, large enough that the per-block Python overhead does not show.
 _BLOCK = 1 << 17
+_ANSWERS_MAX = 1 << 16
 
 
 def _encode(name: str) -> bytes:
@@ -139,6 +140,9 @@ class _Vmlinux:
     addresses_visible: bool
     malformed: int = 0
     first_malformed: tuple[int, str] | None = None  # (line number, text)
+    # Answers already given. The part never changes and is handed from read to read, so the daemon's next
+    # evaluation resolves the same patch symbols with one dict look-up each.
+    answers: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -363,15 +367,25 @@ class Kallsyms:
         """Addresses of every ``name`` in object ``obj`` ("vmlinux" or a bracketed name), in /proc/kallsyms order."""
         if obj == VMLINUX:
             # The hot path of every evaluation (thousands of calls): kept to a few dict look-ups.
-            key = name.encode("utf-8", "surrogateescape")
-            index = self._vmlinux.index
-            first = index.first.get(key)
-            if first is None:
-                return ()
-            repeated = index.repeated.get(key)
-            return self._vmlinux.addresses.get(repeated if repeated is not None else (first,))
+            answers = self._vmlinux.answers
+            known = answers.get(name)
+            if known is None:
+                known = self._vmlinux_occurrences(name)
+                if len(answers) >= _ANSWERS_MAX:  # names come from installed patches; bound them anyway
+                    answers.clear()
+                answers[name] = known
+            return known
         found = self._runs.index(_encode(obj))
         return () if found is None else self._runs.part.addresses.get(found.positions(_encode(name)))
+
+    def _vmlinux_occurrences(self, name: str) -> tuple[int, ...]:
+        key = name.encode("utf-8", "surrogateescape")
+        index = self._vmlinux.index
+        first = index.first.get(key)
+        if first is None:
+            return ()
+        repeated = index.repeated.get(key)
+        return self._vmlinux.addresses.get(repeated if repeated is not None else (first,))
 
     def modules(self) -> frozenset[str]:
         """Every bracketed object: loaded modules and pseudo-objects such as bpf or __builtin__ftrace.

@@ -37,7 +37,7 @@ def _walk(top: Path, root: SystemRoot, seen_dirs: set[tuple[int, int]], problems
             continue
         seen_dirs.add(identity)
         subdirectories.sort()
-        found.extend(Path(directory, name) for name in files if name.endswith(MODULE_SUFFIXES))
+        found.extend(Path(directory, name) for name in sorted(files) if name.endswith(MODULE_SUFFIXES))
     return found
 
 

@@ -1,0 +1,290 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from klpd.errors import SourceError
+from klpd.model import SymbolStatus
+from klpd.resolve import lookup
+from klpd.root import SystemRoot
+from klpd.sources import kallsyms as kallsyms_module
+from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms
+from tests.fixtures import FixtureRoot, kallsyms_line
+
+BASE = 0xFFFFFFFF81000000
+VMLINUX = [
+    (BASE, "T", "_stext"),
+    (BASE + 0x10, "t", "cleanup"),  # static, three times
+    (BASE + 0x20, "T", "cmdline_proc_show"),
+    (BASE + 0x30, "t", "cleanup"),
+    (BASE + 0x40, "t", "foo.isra.0"),
+    (BASE + 0x50, "t", "cleanup"),
+    (BASE + 0x60, "D", "__start___jump_table"),
+    (BASE + 0x70, "T", "_etext"),
+]
+MODULES = [
+    (0xFFFFFFFFC0001000, "t", "ext4_fill_super", "ext4"),
+    (0xFFFFFFFFC0001100, "t", "cleanup", "ext4"),
+    (0xFFFFFFFFC0001200, "T", "ext4_cleanup", "ext4"),
+    (0xFFFFFFFFC0001300, "t", "cleanup", "ext4"),
+    (0xFFFFFFFFC0002000, "t", "livepatch_cmdline_proc_show", "livepatch_fix"),
+    (0xFFFFFFFF81000020, "?", ".klp.sym.vmlinux.cmdline_proc_show,0", "livepatch_fix"),
+    (0, "?", ".klp.sym.ext4.cleanup,2", "livepatch_fix"),
+    (0xFFFFFFFFC0003000, "t", "bpf_prog_6deef7357e7b4530_sd_devices", "bpf"),
+    (0xFFFFFFFFC0004000, "T", "ext4_init_fs", "ext4"),  # freed init function ftrace keeps: a second run
+    (0xFFFFFFFFC0005000, "t", "ftrace_trampoline", "__builtin__ftrace"),
+]
+
+
+def text(vmlinux=VMLINUX, modules=MODULES, hide=False) -> bytes:
+    lines = [kallsyms_line(0 if hide else a, t, n) for a, t, n in vmlinux]
+    lines += [kallsyms_line(0 if hide else a, t, n, o) for a, t, n, o in modules]
+    return "".join(lines).encode()
+
+
+def parse(data: bytes, previous=None):
+    return parse_kallsyms(data, "/proc/kallsyms", previous)
+
+
+def test_vmlinux_occurrences_in_file_order():
+    k = parse(text())
+    assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x10, BASE + 0x30, BASE + 0x50)
+    assert k.occurrences("vmlinux", "foo.isra.0") == (BASE + 0x40,)
+    assert k.occurrences("vmlinux", "nonexistent") == ()
+    # a module's symbol is not a vmlinux symbol
+    assert k.occurrences("vmlinux", "ext4_fill_super") == ()
+    assert k.vmlinux_symbols == len(VMLINUX)
+    assert k.malformed_lines == 0 and k.problems == ()
+
+
+def test_module_occurrences_only_count_the_module_and_its_first_run():
+    k = parse(text())
+    assert k.occurrences("ext4", "cleanup") == (0xFFFFFFFFC0001100, 0xFFFFFFFFC0001300)
+    assert k.occurrences("ext4", "_stext") == ()
+    # ext4_init_fs only appears in ftrace's later run of freed init functions: not in the module's symtab
+    assert k.occurrences("ext4", "ext4_init_fs") == ()
+    assert k.occurrences("not_loaded", "cleanup") == ()
+
+
+def test_pseudo_objects_are_objects():
+    k = parse(text())
+    assert k.modules() == frozenset({"ext4", "livepatch_fix", "bpf", "__builtin__ftrace"})
+    assert k.occurrences("bpf", "bpf_prog_6deef7357e7b4530_sd_devices") == (0xFFFFFFFFC0003000,)
+    assert k.occurrences("__builtin__ftrace", "ftrace_trampoline") == (0xFFFFFFFFC0005000,)
+
+
+def test_klp_symbols_with_their_resolved_addresses():
+    k = parse(text())
+    assert k.klp_symbols("livepatch_fix") == (
+        (".klp.sym.vmlinux.cmdline_proc_show,0", BASE + 0x20),
+        (".klp.sym.ext4.cleanup,2", 0),
+    )
+    assert k.klp_symbols("ext4") == ()
+    assert k.klp_symbols("missing") == ()
+
+
+def test_sympos_resolution_through_lookup():
+    k = parse(text())
+    occ = k.occurrences("vmlinux", "cleanup")
+    assert lookup(occ, 0, k.addresses_visible) is SymbolStatus.AMBIGUOUS
+    assert lookup(occ, 3, k.addresses_visible) is SymbolStatus.OK
+    assert lookup(occ, 4, k.addresses_visible) is SymbolStatus.SYMPOS_NOT_FOUND
+
+
+def test_hidden_addresses_change_nothing_but_visibility():
+    shown = parse(text())
+    hidden = parse(text(hide=True))
+    assert shown.addresses_visible and not hidden.addresses_visible
+    assert hidden.occurrences("vmlinux", "cleanup") == (0, 0, 0)
+    assert hidden.modules() == shown.modules()
+    assert hidden.kallsyms_all == shown.kallsyms_all
+    assert [name for name, _ in hidden.klp_symbols("livepatch_fix")] == [
+        name for name, _ in shown.klp_symbols("livepatch_fix")
+    ]
+    # an unprivileged reader still resolves by name and order
+    occ = hidden.occurrences("vmlinux", "cleanup")
+    assert lookup(occ, 2, hidden.addresses_visible) is SymbolStatus.OK
+    assert lookup(occ, 0, hidden.addresses_visible) is SymbolStatus.AMBIGUOUS
+    assert hidden.malformed_lines == 0
+
+
+def test_address_zero_with_visible_addresses_is_kept():
+    # x86-64 per-CPU symbols really sit at 0: the kernel's "addr == 0 means not found" must be reachable
+    vmlinux = [(0, "A", "fixed_percpu_data"), *VMLINUX]
+    k = parse(text(vmlinux))
+    assert k.addresses_visible
+    assert k.occurrences("vmlinux", "fixed_percpu_data") == (0,)
+    assert lookup(k.occurrences("vmlinux", "fixed_percpu_data"), 0, True) is SymbolStatus.NOT_FOUND
+
+
+def test_kallsyms_all_needs_more_than_section_markers():
+    markers = [(BASE + i, "D", f"__start_section{i}") for i in range(40)]
+    markers += [(BASE + 0x100, "B", "__init_begin")]
+    assert not parse(text([*VMLINUX, *markers])).kallsyms_all
+    data = [(BASE + 0x1000 + i, "d", f"static_var_{i}") for i in range(40)]
+    assert parse(text([*VMLINUX, *data])).kallsyms_all
+
+
+def test_odd_lines_are_skipped_and_counted():
+    lines = [
+        kallsyms_line(BASE, "T", "_stext"),
+        "ffffffff81000010 T\n",  # no name
+        "zzzzffff81000020 T bad_hex\n",
+        "ffffffff81000030 TT two_letter_type\n",
+        "\n",
+        kallsyms_line(BASE + 0x40, "t", "cleanup"),
+        "ffffffff81000050 t name extra words\n",
+        kallsyms_line(BASE + 0x60, "t", "cleanup"),
+        kallsyms_line(0xFFFFFFFFC0000000, "t", "x", "mod"),
+        "ffffffffc0000010 t y [\n",  # not a bracketed object
+        "ffffffffc0000020 t z\t[]\n",
+        kallsyms_line(0xFFFFFFFFC0000030, "t", "x", "mod"),
+    ]
+    k = parse("".join(lines).encode())
+    assert k.malformed_lines == 7
+    assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x40, BASE + 0x60)
+    assert k.occurrences("vmlinux", "bad_hex") == ()
+    assert k.occurrences("mod", "x") == (0xFFFFFFFFC0000000, 0xFFFFFFFFC0000030)
+    assert len(k.problems) == 1
+    problem = k.problems[0]
+    assert problem.severity == "warning" and "/proc/kallsyms" in problem.message
+    assert "7 malformed lines" in problem.message and "line 2" in problem.message
+
+
+def test_odd_module_line_is_numbered_in_the_whole_file():
+    data = text() + b"ffffffffc0009000 t lonely\n"
+    k = parse(data)
+    assert k.malformed_lines == 1
+    assert f"line {len(VMLINUX) + len(MODULES) + 1}" in k.problems[0].message
+    assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x10, BASE + 0x30, BASE + 0x50)
+
+
+def test_mixed_address_widths_fall_back_without_misreading():
+    # widths that differ but add up to a multiple of the first: the fast path must not slice the buffer wrongly
+    data = b"ffffffff81000000 T a\nffffffff8100001 T b\nffffffff810000020 T c\n"
+    k = parse(data)
+    assert k.occurrences("vmlinux", "a") == (0xFFFFFFFF81000000,)
+    assert k.occurrences("vmlinux", "b") == (0xFFFFFFFF8100001,)
+    assert k.occurrences("vmlinux", "c") == (0xFFFFFFFF810000020,)
+
+
+def test_32_bit_addresses_and_missing_final_newline():
+    data = b"c1000000 T _stext\nc1000010 t cleanup\nc1000020 t cleanup"
+    k = parse(data)
+    assert k.occurrences("vmlinux", "cleanup") == (0xC1000010, 0xC1000020)
+    assert k.malformed_lines == 0
+
+
+def test_empty_and_garbage_input_never_raise():
+    assert parse(b"").vmlinux_symbols == 0
+    assert not parse(b"").addresses_visible
+    k = parse(b"\x00\xff\xfe garbage \n\n\t[\n")
+    assert k.vmlinux_symbols == 0 and k.malformed_lines >= 1
+
+
+def test_one_character_names_and_addresses_are_indexed():
+    # CPython shares one-byte bytes objects; the index must not mistake two of them for one occurrence
+    data = b"1 T a\n2 t a\n3 t b\n"
+    k = parse(data)
+    assert k.occurrences("vmlinux", "a") == (1, 2)
+    assert k.occurrences("vmlinux", "b") == (3,)
+
+
+def test_large_file_spans_several_blocks(monkeypatch):
+    monkeypatch.setattr(kallsyms_module, "_BLOCK", 256)
+    vmlinux = [(BASE + i * 16, "t", f"f{i % 37}") for i in range(500)]
+    k = parse(text(vmlinux, MODULES[:2]))
+    assert k.occurrences("vmlinux", "f5") == tuple(BASE + i * 16 for i in range(500) if i % 37 == 5)
+    assert k.occurrences("vmlinux", "f36") == tuple(BASE + i * 16 for i in range(500) if i % 37 == 36)
+    assert k.vmlinux_symbols == 500
+
+
+def answers(k, names):
+    return (
+        [k.occurrences("vmlinux", n) for n in names],
+        {m: [k.occurrences(m, n) for n in names] for m in k.modules()},
+        k.modules(),
+        k.klp_symbols("livepatch_fix"),
+        k.addresses_visible,
+        k.kallsyms_all,
+    )
+
+
+NAMES = ["cleanup", "_stext", "foo.isra.0", "ext4_fill_super", "missing", "livepatch_cmdline_proc_show"]
+
+
+def test_previous_is_reused_when_vmlinux_is_unchanged():
+    first = parse(text())
+    # a module loads: new lines at the end; vmlinux identical
+    more = [*MODULES, (0xFFFFFFFFC0009000, "t", "cleanup", "xfs")]
+    second = parse(text(modules=more), previous=first)
+    assert second.vmlinux_reused
+    assert answers(second, NAMES) == answers(parse(text(modules=more)), NAMES)
+    assert second.occurrences("xfs", "cleanup") == (0xFFFFFFFFC0009000,)
+    # and unloading
+    third = parse(text(modules=MODULES[:2]), previous=second)
+    assert third.vmlinux_reused
+    assert third.modules() == frozenset({"ext4"})
+    assert answers(third, NAMES) == answers(parse(text(modules=MODULES[:2])), NAMES)
+
+
+def test_previous_is_not_reused_when_vmlinux_differs():
+    first = parse(text())
+    changed = [*VMLINUX, (BASE + 0x80, "t", "late")]
+    second = parse(text(changed), previous=first)
+    assert not second.vmlinux_reused
+    assert second.occurrences("vmlinux", "late") == (BASE + 0x80,)
+    # addresses hidden now (another reader, or kptr_restrict changed): vmlinux bytes differ
+    hidden = parse(text(hide=True), previous=first)
+    assert not hidden.vmlinux_reused and not hidden.addresses_visible
+    # a vmlinux line that is a prefix-extension of the old last line must not be mistaken for a module line
+    longer = [*VMLINUX[:-1], (BASE + 0x70, "T", "_etext_more")]
+    assert not parse(text(longer, []), previous=parse(text(VMLINUX, []))).vmlinux_reused
+
+
+def test_previous_without_modules():
+    first = parse(text(modules=[]))
+    second = parse(text(modules=[]), previous=first)
+    assert second.vmlinux_reused and second.modules() == frozenset()
+    third = parse(text(), previous=first)
+    assert third.vmlinux_reused and "ext4" in third.modules()
+
+
+def test_read_from_fixture_root(tmp_path):
+    fx = FixtureRoot(tmp_path)
+    fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
+    k = read_kallsyms(fx.root)
+    assert k.path == "/proc/kallsyms"
+    assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x10, BASE + 0x30, BASE + 0x50)
+    again = read_kallsyms(fx.root, previous=k)
+    assert again.vmlinux_reused
+
+
+def test_read_missing_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError) as error:
+        read_kallsyms(FixtureRoot(tmp_path).root)
+    assert error.value.path == "/proc/kallsyms"
+
+
+LIVE = Path("/proc/kallsyms")
+
+
+@pytest.mark.skipif(not LIVE.exists(), reason="no /proc/kallsyms on this host")
+def test_live_host_parses_cleanly():
+    root = SystemRoot.at("/")
+    k = read_kallsyms(root)
+    assert k.malformed_lines == 0 and k.problems == ()
+    assert k.vmlinux_symbols > 1000
+    # names this parse finds must agree with a plain line-by-line reading of the same file
+    data = LIVE.read_bytes()
+    lines = [line.split() for line in data.splitlines()]
+    vmlinux_names = [f[2].decode() for f in lines if len(f) == 3]
+    assert k.vmlinux_symbols == len(vmlinux_names)
+    for name in ("_stext", vmlinux_names[len(vmlinux_names) // 2], vmlinux_names[-1]):
+        expected = [int(f[0], 16) for f in lines if len(f) == 3 and f[2].decode() == name]
+        assert list(k.occurrences("vmlinux", name)) == expected
+    if os.geteuid() == 0:
+        assert k.addresses_visible
+    assert read_kallsyms(root, previous=k).vmlinux_reused
