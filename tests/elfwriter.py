@@ -370,3 +370,27 @@ class KlpModule:
             secs.append(Section("__versions", SHT_PROGBITS, SHF_ALLOC, b"\0" * 64, addralign=8))
         secs += self.sections
         return create_elf_file(secs, self.symbols, **kw)  # type: ignore[arg-type]
+
+
+def patch_using(name: str, vermagic: str, *uses: tuple[str, str, int]) -> KlpModule:
+    """A livepatch whose one function uses each (object, symbol, sympos) through a ``.klp.rela.<object>`` section.
+
+    The usual shape of a kpatch/klp-build module; relocation i sits at offset 8*i of ``.text.patched_fn``.
+    """
+    m = KlpModule(name, vermagic=vermagic)
+    text = m.function("patched_fn")
+    by_obj: dict[str, list[RelocLike]] = {}
+    for i, (obj, sym, pos) in enumerate(uses):
+        by_obj.setdefault(obj, []).append((i * 8, m.klp_sym(obj, sym, pos), R_X86_64_PC32, -4))
+    for obj, relocs in by_obj.items():
+        m.klp_rela(obj, text, relocs)
+    return m
+
+
+def target_module(*funcs: tuple[str, str]) -> bytes:
+    """A plain (target) module defining functions given as (name, section); sections are AX PROGBITS."""
+    sections = sorted({sec for _, sec in funcs})
+    return create_elf_file(
+        [Section(s, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\xcc" * 64) for s in sections],
+        [Symbol(n, shndx=sec, type=STT_FUNC) for n, sec in funcs],
+    )

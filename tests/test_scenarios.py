@@ -16,17 +16,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from elfwriter import (
-    R_X86_64_PC32,
-    SHF_ALLOC,
-    SHF_EXECINSTR,
-    SHT_PROGBITS,
-    STT_FUNC,
-    KlpModule,
-    Section,
-    Symbol,
-    create_elf_file,
-)
+from elfwriter import KlpModule, patch_using, target_module
 from fixtures import RELEASE, FixtureRoot, LivepatchObject
 
 from klpd.cli import main
@@ -43,23 +33,12 @@ KPATCH_DIR = f"/var/lib/kpatch/{RELEASE}"
 
 
 def patch(name: str, *uses: tuple[str, str, int]) -> KlpModule:
-    m = KlpModule(name, vermagic=f"{RELEASE} SMP preempt mod_unload modversions ")
+    m = patch_using(name, f"{RELEASE} SMP preempt mod_unload modversions ", *uses)
     m.modinfo.append(("srcversion", f"SRC{name.upper()}"))  # type: ignore[union-attr]
-    text = m.function("patched_fn")
-    by_obj: dict[str, list[tuple[int, str, int, int]]] = {}
-    for i, (obj, sym, pos) in enumerate(uses):
-        by_obj.setdefault(obj, []).append((i * 8, m.klp_sym(obj, sym, pos), R_X86_64_PC32, -4))
-    for obj, relocs in by_obj.items():
-        m.klp_rela(obj, text, relocs)
     return m
 
 
-def target_ko(*funcs: tuple[str, str]) -> bytes:
-    sections = sorted({sec for _, sec in funcs})
-    return create_elf_file(
-        [Section(s, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\xcc" * 64) for s in sections],
-        [Symbol(n, shndx=sec, type=STT_FUNC) for n, sec in funcs],
-    )
+target_ko = target_module
 
 
 def host(tmp_path: Path, hide: bool = False, modules: tuple[str, ...] = ()) -> FixtureRoot:

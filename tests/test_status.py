@@ -9,11 +9,12 @@ from elfwriter import (
     SHF_EXECINSTR,
     SHN_ABS,
     SHT_PROGBITS,
-    STT_FUNC,
     KlpModule,
     Section,
     Symbol,
     create_elf_file,
+    patch_using,
+    target_module,
 )
 
 from klpd.elf import parse_module_symtab, parse_patch_module
@@ -67,16 +68,8 @@ def system(
     )
 
 
-def patch_with(*syms: tuple[str, str, int], name: str = "livepatch_test", **build: object) -> KlpModule:
-    """A patch whose function uses each (object, symbol, sympos) through a .klp.rela.<object> section."""
-    m = KlpModule(name, vermagic=f"{RELEASE} SMP preempt mod_unload modversions ")
-    text = m.function("patched_fn")
-    by_obj: dict[str, list[tuple[int, str, int, int]]] = {}
-    for i, (obj, sym, pos) in enumerate(syms):
-        by_obj.setdefault(obj, []).append((i * 8, m.klp_sym(obj, sym, pos), R_X86_64_PC32, -4))
-    for obj, relocs in by_obj.items():
-        m.klp_rela(obj, text, relocs)
-    return m
+def patch_with(*syms: tuple[str, str, int], name: str = "livepatch_test") -> KlpModule:
+    return patch_using(name, f"{RELEASE} SMP preempt mod_unload modversions ", *syms)
 
 
 def evaluate(m: KlpModule, sys_state: SystemState, symtabs: dict[str, object] | None = None, **build: object):
@@ -92,12 +85,7 @@ def symbol(patch: PatchStatus, obj: str, name: str):
 
 def target_symtab(*funcs: tuple[str, str]) -> ModuleSymtab:
     """A target .ko with functions given as (name, section)."""
-    sections = {sec for _, sec in funcs}
-    data = create_elf_file(
-        [Section(s, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\xcc" * 64) for s in sorted(sections)],
-        [Symbol(n, shndx=sec, type=STT_FUNC) for n, sec in funcs],
-    )
-    return parse_module_symtab(data, "/lib/modules/6.1.0-test/kernel/target_mod.ko")
+    return parse_module_symtab(target_module(*funcs), "/lib/modules/6.1.0-test/kernel/target_mod.ko")
 
 
 def test_unique_vmlinux_symbol_loads() -> None:
