@@ -159,7 +159,8 @@ class Evaluator:
             wanted = {s.object for s in module.sections if s.object} | {
                 sym.parsed.object for sym in module.symbols.values() if sym.parsed
             }
-            for obj in sorted(wanted - {VMLINUX} - set(system.modules)):
+            # Loaded modules too: their full symtab tells whether the answer depends on the load order.
+            for obj in sorted(wanted - {VMLINUX}):
                 ko = dep.get(obj)
                 if ko is not None:
                     symtabs[obj] = self.cache.symtab(ko, self.root.host_path(ko))

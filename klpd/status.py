@@ -152,6 +152,10 @@ def _symbol_status(
     if _is_loaded(system, obj):
         addresses = kallsyms.occurrences(obj, name)
         status = lookup(addresses, sympos, kallsyms.addresses_visible)
+        symtab = symtabs.get(obj)
+        if obj != VMLINUX and obj == sec_obj and isinstance(symtab, ModuleSymtab):
+            # Had the module loaded after the patch, klp_module_coming() would have searched its full symtab.
+            load_order_dependent = lookup(_symtab_addresses(symtab, name, core_bit=None), sympos, True) != status
     elif obj == sec_obj:
         # klp_module_coming(): the module being loaded, its full ELF symtab.
         symtab = symtabs.get(obj)
@@ -261,10 +265,22 @@ class _PatchEvaluation:
         return out
 
 
-def _section_result(evaluation: _PatchEvaluation, system: SystemState, section: RelaSection) -> SectionResult:
+def _section_result(
+    evaluation: _PatchEvaluation, system: SystemState, section: RelaSection, patched: bool | None
+) -> SectionResult:
+    """State of one section; ``patched`` is what sysfs says of its object for a loaded patch (None: unknown)."""
     assert section.object is not None
     bad = [r for r in evaluation.section_symbols(section) if _is_failure(r.status)]
-    if bad:
+    if bad and patched and _is_loaded(system, section.object):
+        # The kernel did apply it: the module loaded after the patch and klp_module_coming() resolved against
+        # its full symtab. What the kernel did beats the prediction; the symbols keep their hazard.
+        state = SectionState.APPLIED
+        reasons = tuple(
+            f"applied when '{section.object}' loaded after the patch; loading the patch again now would fail: "
+            + (r.kernel_message or str(r.status))
+            for r in bad
+        )
+    elif bad:
         state = SectionState.FAILS
         reasons = tuple(r.kernel_message or f"{r.elf_name}: {r.status}" for r in bad)
     else:
@@ -314,7 +330,9 @@ def _objects(system: SystemState, p: PatchInput, sysfs: SysfsPatch | None) -> tu
         evaluation = _PatchEvaluation(system, module, p.target_symtabs)
         flagged = [s for s in module.sections if s.is_livepatch and s.object is not None]
         for section in flagged:
-            sections.setdefault(section.object or "", []).append(_section_result(evaluation, system, section))
+            sysfs_obj = sysfs_objects.get(section.object or "")
+            section_result = _section_result(evaluation, system, section, sysfs_obj.patched if sysfs_obj else None)
+            sections.setdefault(section.object or "", []).append(section_result)
         for result, first_use in evaluation.symbol_results(flagged):
             home = result.object or first_use
             if home is not None:

@@ -240,3 +240,18 @@ def test_another_patch_in_transition_blocks_loading() -> None:
     _, p = evaluate(patch_with(("vmlinux", "unique_fn", 0)), system(livepatches=(busy,)))
     assert not p.will_load
     assert any("EBUSY" in r for r in p.reasons)
+
+
+def test_module_loaded_after_the_patch_is_applied_but_the_order_is_a_hazard() -> None:
+    # target_mod's .ko has dup_init in .text and in .init.text; once loaded, kallsyms shows only the .text one.
+    kallsyms = KALLSYMS + "ffffffffc0009000 t dup_init\t[target_mod]\n"
+    symtab = target_symtab(("dup_init", ".init.text"), ("dup_init", ".text"))
+    lp = SysfsPatch("livepatch_test", True, False, True, None, None, (SysfsObject("target_mod", True, ()),))
+    sys_state = system(kallsyms, modules=("loaded_mod", "target_mod"), livepatches=(lp,))
+    _, p = evaluate(patch_with(("target_mod", "dup_init", 2)), sys_state, {"target_mod": symtab})
+    result = symbol(p, "target_mod", "dup_init")
+    assert result.status is SymbolStatus.SYMPOS_NOT_FOUND  # what a patch load now would get (core symtab)
+    assert result.load_order_dependent
+    section = next(o for o in p.objects if o.name == "target_mod").sections[0]
+    assert section.state is SectionState.APPLIED  # sysfs says patched: the kernel applied it at module load
+    assert "loaded after the patch" in section.reasons[0]
