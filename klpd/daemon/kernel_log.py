@@ -1,0 +1,270 @@
+"""The kernel log's ``livepatch:`` messages, from ``/dev/kmsg`` (since 3.5) or the journal's kernel transport.
+
+A refused module load (a patch's ``.klp.rela.<module>.*`` relocations failed in klp_module_coming()) sends no
+uevent — the module's ``add`` uevent only goes out after its init succeeded (since 5.11) — so these messages are
+the only witness of it. They also date the start and end of transitions, and show the kernel signalling or
+forcing the tasks that block one.
+
+The texts come from kernel/livepatch/core.c and transition.c (``pr_fmt`` = ``"livepatch: "``); every one has
+been stable since the transition code landed in 4.12:
+
+- ``patch '%s' failed for module '%s', refusing to load module '%s'``  (klp_module_coming)
+- ``failed to initialize patch '%s' for module '%s' (%d)``             (klp_module_coming)
+- ``applying patch '%s' to loading module '%s'``                      (klp_module_coming)
+- ``reverting patch '%s' on unloading module '%s'``                   (klp_module_going)
+- ``enabling patch '%s'``                                            (__klp_enable_patch)
+- ``'%s': initializing %s transition`` (debug), ``'%s': starting %s transition``, ``'%s': %s complete``
+  with ``%s`` = patching / unpatching                                (transition.c)
+- ``signaling remaining tasks``, ``forcing remaining tasks to the patched state``
+
+``/dev/kmsg`` records are ``"<prio>,<seq>,<usec>,<flags>[,...];<message>\\n"`` followed by `` KEY=value``
+continuation lines (Documentation/ABI/testing/dev-kmsg). A reader that falls behind the ring buffer gets EPIPE
+once: messages were lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from klpd.daemon.events import Batch, Event
+from klpd.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "livepatch: "
+# A kmsg record is at most about 1 KiB (PRINTK_MESSAGE_MAX, 2048 since 6.1) plus its dictionary; one read() returns
+# one record, so a read of this size never truncates one.
+_KMSG_READ = 8192
+# Bound on the bytes kept of a line that has no newline yet (a FIFO feeding garbage must not grow memory).
+_MAX_PARTIAL = 1 << 16
+
+
+class LivepatchEvent(StrEnum):
+    MODULE_LOAD_REFUSED = "module_load_refused"
+    PATCH_INIT_FAILED = "patch_init_failed"
+    APPLYING = "applying"
+    REVERTING = "reverting"
+    ENABLING = "enabling"
+    TRANSITION_INIT = "transition_init"
+    TRANSITION_START = "transition_start"
+    TRANSITION_COMPLETE = "transition_complete"
+    SIGNALING = "signaling_tasks"
+    FORCING = "forcing_tasks"
+
+
+@dataclass(frozen=True, slots=True)
+class LivepatchMessage:
+    kind: LivepatchEvent
+    text: str  # the whole message, "livepatch: " included
+    patch: str | None = None
+    module: str | None = None
+    target: str | None = None  # "patched" or "unpatched", for transition messages
+    error: int | None = None  # the negative errno of "failed to initialize patch"
+
+
+_NAME = r"([^']{1,64})"  # module names are at most 55 characters and never contain a quote
+_MESSAGES: tuple[tuple[re.Pattern[str], LivepatchEvent], ...] = (
+    (re.compile(rf"patch '{_NAME}' failed for module '{_NAME}', refusing to load module '{_NAME}'"),
+     LivepatchEvent.MODULE_LOAD_REFUSED),
+    (re.compile(rf"failed to initialize patch '{_NAME}' for module '{_NAME}' \((-?\d+)\)"),
+     LivepatchEvent.PATCH_INIT_FAILED),
+    (re.compile(rf"applying patch '{_NAME}' to loading module '{_NAME}'"), LivepatchEvent.APPLYING),
+    (re.compile(rf"reverting patch '{_NAME}' on unloading module '{_NAME}'"), LivepatchEvent.REVERTING),
+    (re.compile(rf"enabling patch '{_NAME}'"), LivepatchEvent.ENABLING),
+    (re.compile(rf"'{_NAME}': initializing (patching|unpatching) transition"), LivepatchEvent.TRANSITION_INIT),
+    (re.compile(rf"'{_NAME}': starting (patching|unpatching) transition"), LivepatchEvent.TRANSITION_START),
+    (re.compile(rf"'{_NAME}': (patching|unpatching) complete"), LivepatchEvent.TRANSITION_COMPLETE),
+    (re.compile(r"signaling remaining tasks"), LivepatchEvent.SIGNALING),
+    (re.compile(r"forcing remaining tasks to the patched state"), LivepatchEvent.FORCING),
+)  # fmt: skip
+_TARGET = {"patching": "patched", "unpatching": "unpatched"}
+
+
+def parse_livepatch_message(text: str) -> LivepatchMessage | None:
+    """The livepatch event a kernel message reports, or None for any other message."""
+    text = text.rstrip("\n")
+    if not text.startswith(PREFIX):
+        return None
+    body = text[len(PREFIX) :]
+    for pattern, kind in _MESSAGES:
+        m = pattern.fullmatch(body)
+        if m is None:
+            continue
+        groups = m.groups()
+        if kind in (LivepatchEvent.TRANSITION_INIT, LivepatchEvent.TRANSITION_START,
+                    LivepatchEvent.TRANSITION_COMPLETE):  # fmt: skip
+            return LivepatchMessage(kind, text, patch=groups[0], target=_TARGET[groups[1]])
+        if kind is LivepatchEvent.PATCH_INIT_FAILED:
+            return LivepatchMessage(kind, text, patch=groups[0], module=groups[1], error=int(groups[2]))
+        patch = groups[0] if groups else None
+        module = groups[1] if len(groups) > 1 else None
+        return LivepatchMessage(kind, text, patch=patch, module=module)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class KmsgRecord:
+    priority: int  # syslog priority and facility, as the kernel writes them (prio + facility << 3)
+    seq: int
+    usec: int  # CLOCK_MONOTONIC-like time since boot
+    message: str
+
+
+def parse_kmsg_record(line: bytes) -> KmsgRecord | None:
+    """One ``/dev/kmsg`` record line (continuation lines excluded); None when it does not have the format."""
+    header, sep, message = line.rstrip(b"\n").partition(b";")
+    if not sep:
+        return None
+    fields = header.split(b",")
+    if len(fields) < 4 or not all(f.isdigit() for f in fields[:3]):
+        return None
+    # The kernel escapes non-printable bytes as \xNN; names in livepatch messages never need escaping.
+    text = message.decode("utf-8", "replace")
+    return KmsgRecord(int(fields[0]), int(fields[1]), int(fields[2]), text)
+
+
+def _event(source: str, msg: LivepatchMessage, when: float) -> Event:
+    subject = (msg.module if msg.kind is LivepatchEvent.MODULE_LOAD_REFUSED else msg.patch) or ""
+    return Event(when, source, msg.kind.value, subject, msg.text, msg)
+
+
+class KmsgSource:
+    """``/dev/kmsg`` read from its end (old messages describe past states, which the first evaluation reads).
+
+    The same reader takes a FIFO in its place (``--root`` fixture trees, tests): it is opened read-write, so the
+    FIFO never reports end-of-file when its writer goes away.
+    """
+
+    name = "kmsg"
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._partial = b""
+        self._last_seq: int | None = None
+        try:
+            st = os.stat(path)
+            if stat.S_ISFIFO(st.st_mode):
+                self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._record_reads = False
+            elif stat.S_ISCHR(st.st_mode):
+                self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._record_reads = True
+                os.lseek(self._fd, 0, os.SEEK_END)  # SEEK_END on /dev/kmsg: the next message to come
+            else:
+                raise SourceError(path, "neither the kernel log device nor a FIFO")
+        except OSError as exc:
+            if isinstance(exc, SourceError):
+                raise
+            denied = exc.errno in (errno.EPERM, errno.EACCES)
+            hint = " (needs CAP_SYSLOG when kernel.dmesg_restrict=1)" if denied else ""
+            raise SourceError(path, f"cannot open: {exc.strerror}{hint}") from exc
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> Batch:
+        events: list[Event] = []
+        lost = 0
+        while True:
+            try:
+                chunk = os.read(self._fd, _KMSG_READ)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                # EPIPE: the ring buffer overwrote records before we read them; the next read goes on from the
+                # oldest record still there.
+                lost += 1
+                continue
+            if not chunk:
+                break
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()[-_MAX_PARTIAL:]
+            lost += self._parse_lines(lines, events)
+            if self._record_reads and len(events) > 10_000:
+                break  # leave the rest for the next round of the loop
+        return Batch(tuple(events), lost)
+
+    def _parse_lines(self, lines: Iterable[bytes], events: list[Event]) -> int:
+        lost = 0
+        now = self._clock()
+        for line in lines:
+            if not line or line[:1] == b" ":  # continuation line (" SUBSYSTEM=...")
+                continue
+            record = parse_kmsg_record(line)
+            if record is None:
+                continue
+            if self._last_seq is not None and record.seq > self._last_seq + 1 and self._record_reads:
+                lost += 1  # a gap in sequence numbers is a loss the kernel did not report as EPIPE
+            self._last_seq = record.seq
+            msg = parse_livepatch_message(record.message)
+            if msg is not None:
+                events.append(_event(self.name, msg, now))
+        return lost
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class JournalSource:
+    """The journal's kernel transport (``_TRANSPORT=kernel``) through systemd-python, from its tail.
+
+    Used under the shipped unit, whose ProtectKernelLogs=yes hides /dev/kmsg. Reading the journal files needs
+    group systemd-journal or CAP_DAC_READ_SEARCH.
+    """
+
+    name = "journal"
+
+    def __init__(self, reader: Any = None) -> None:
+        if reader is None:
+            try:  # optional at import time: only this source needs it
+                import systemd.journal  # noqa: PLC0415
+            except ImportError as exc:
+                raise SourceError("journal", "systemd-python is not installed") from exc
+            journal = systemd.journal
+            try:
+                reader = journal.Reader(flags=journal.LOCAL_ONLY)
+                reader.this_boot()
+                reader.add_match(_TRANSPORT="kernel")
+                reader.seek_tail()
+                reader.get_previous()  # leaves the cursor on the last entry, so iteration yields only new ones
+            except OSError as exc:
+                raise SourceError("journal", f"cannot open: {exc.strerror or exc}") from exc
+        self._reader = reader
+        self._fd = int(reader.fileno())
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> Batch:
+        self._reader.process()  # acknowledges the wake-up; entries are read below either way
+        events: list[Event] = []
+        for entry in self._reader:
+            text = entry.get("MESSAGE")
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "replace")
+            if not isinstance(text, str):
+                continue
+            msg = parse_livepatch_message(text)
+            if msg is None:
+                continue
+            stamp = entry.get("__REALTIME_TIMESTAMP")
+            when = stamp.timestamp() if hasattr(stamp, "timestamp") else time.time()
+            events.append(_event(self.name, msg, when))
+        return Batch(tuple(events))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._reader.close()

@@ -1,0 +1,152 @@
+"""``klpd``: the command line of the daemon, and the one place that turns its errors into log lines and exit codes.
+
+    klpd [--config FILE] [--root DIR] [--listen HOST:PORT] [--socket PATH] [--textfile DIR] [--log-level LEVEL]
+    klpd --once ...     one evaluation, the human-readable status on stdout, and klpctl's exit codes
+
+Flags override the configuration file. Logs go to stderr; under systemd (``$JOURNAL_STREAM``) each line carries
+its syslog priority as a ``<N>`` prefix, which journald turns into the entry's PRIORITY. SIGHUP reloads the
+configuration (a bad file is logged and the running configuration kept); SIGTERM and SIGINT stop cleanly (0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import ClassVar
+
+from klpd import __version__
+from klpd.collect import Evaluator
+from klpd.config import DEFAULT_CONFIG_PATH, Config, load_config
+from klpd.daemon.api import SetupError
+from klpd.daemon.loop import Agent
+from klpd.errors import ConfigError, KlpdError
+from klpd.outputs.text import render_status
+from klpd.status import has_problems, undetermined
+
+log = logging.getLogger("klpd")
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1  # could not start (socket, port) or, with --once, problems found
+    USAGE = 2  # bad flags or configuration
+    UNDETERMINED = 3  # --once: a source could not be read
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="klpd", description="klpd: the livepatch state agent (metrics, JSON API).")
+    p.add_argument("--version", action="version", version=f"klpd {__version__}")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help=f"configuration file (default {DEFAULT_CONFIG_PATH}; built-in defaults if that is missing)")
+    p.add_argument("--root", metavar="DIR", help="read the system from DIR instead of / (a fixture tree)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address of /metrics ('' = off)")
+    p.add_argument("--socket", metavar="PATH", help="Unix socket of the JSON API ('' = off)")
+    p.add_argument("--textfile", metavar="DIR", help="also write klpd.prom into this node_exporter directory")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning or error")
+    p.add_argument("--once", action="store_true", help="evaluate once, print the status and exit")
+    return p  # fmt: skip
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<priority>message``: journald reads the prefix as the entry's syslog priority (sd-daemon(3))."""
+
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2,
+    }  # fmt: skip
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prio = self._PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup_logging(level: str, journal: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if journal:
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s klpd %(levelname)s: %(message)s"))
+    root = logging.getLogger("klpd")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(level.upper())
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The configuration file (or the defaults) with the command-line flags applied; ConfigError when invalid."""
+    if args.config is not None:
+        config = load_config(args.config)
+    elif DEFAULT_CONFIG_PATH.exists():
+        config = load_config(DEFAULT_CONFIG_PATH)
+    else:
+        config = Config()
+    return config.with_overrides(listen=args.listen, socket=args.socket, textfile_dir=args.textfile,
+                                 root=args.root, log_level=args.log_level)  # fmt: skip
+
+
+def run_once(config: Config) -> int:
+    root = config.system_root()
+    if not root.root.is_dir():
+        raise ConfigError("<command line>", "--root", f"{root.root}: not a directory")
+    status = Evaluator(root).evaluate().status
+    print(render_status(status, False), end="")
+    if has_problems(status):
+        return ExitCode.FAILURE
+    return ExitCode.UNDETERMINED if undetermined(status) else ExitCode.OK
+
+
+def run_daemon(config: Config, args: argparse.Namespace) -> int:
+    if not config.root.is_dir():
+        raise ConfigError(config.source or "<command line>", "root", f"{config.root}: not a directory")
+    agent = Agent(config, config_loader=lambda: load(args))
+    try:
+        agent.start_servers()
+        signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
+        log.info("klpd %s starting (root %s, configuration %s)", __version__, config.root,
+                 config.source or "built-in defaults")  # fmt: skip
+        return agent.run()
+    finally:
+        agent.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else ExitCode.USAGE
+    setup_logging(args.log_level if args.log_level in ("debug", "info", "warning", "error") else "info",
+                  journal=bool(os.environ.get("JOURNAL_STREAM")))  # fmt: skip
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    logging.getLogger("klpd").setLevel(config.log_level.value.upper())
+    try:
+        return run_once(config) if args.once else run_daemon(config, args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    except SetupError as exc:
+        log.error("%s", exc)
+        return ExitCode.FAILURE
+    except KlpdError as exc:
+        log.error("%s", exc)
+        return ExitCode.UNDETERMINED if args.once else ExitCode.FAILURE
+    except KeyboardInterrupt:
+        return ExitCode.OK
+
+
+def main_entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -1,0 +1,249 @@
+"""The daemon end to end, in-process: a fixture host changes under a running Agent, fed by a fake uevent monitor,
+a FIFO standing in for /dev/kmsg and real inotify; the answers are read back through the Unix socket API (as
+klpctl does) and /metrics over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from klpd.api_client import fetch_status
+from klpd.collect import Evaluator
+from klpd.config import Config, ListenAddress
+from klpd.daemon.events import Batch, Event
+from klpd.daemon.inotify import PatchDirWatcher
+from klpd.daemon.kernel_log import KmsgSource
+from klpd.daemon.loop import Agent
+from klpd.daemon.systemd_notify import Notifier
+from klpd.daemon.uevents import UeventSource
+from tests.daemon_scenario import PATCH, PATCH_FILE, RELEASE, TARGET, FakeMonitor, Host, patch_module
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, tmp_path: Path, coalesce_delay: float = 0.05, resync_interval: float = 300.0):
+        self.host = Host(tmp_path / "host")
+        self.monitor = FakeMonitor()
+        self.socket = tmp_path / "run" / "klpd.sock"
+        self.notes: list[str] = []
+        config = Config(root=self.host.path, socket=self.socket, listen=ListenAddress("127.0.0.1", 0),
+                        coalesce_delay=coalesce_delay, resync_interval=resync_interval)  # fmt: skip
+        self.evaluations = 0
+        outer = self
+
+        class CountingEvaluator(Evaluator):
+            def evaluate(self, files=None):
+                outer.evaluations += 1
+                return super().evaluate(files)
+
+        self.agent = Agent(
+            config,
+            sources=[UeventSource(self.monitor, "udev"), KmsgSource(self.host.kmsg_path), PatchDirWatcher()],
+            evaluator_factory=CountingEvaluator,
+            notifier=Notifier(send=self.notes.append, environ={}),
+        )
+        self.agent.start_servers()
+        self.thread = threading.Thread(target=self.agent.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.agent.snapshot, what="first evaluation")
+
+    def status(self):
+        return fetch_status(str(self.socket))
+
+    def patch(self, doc):
+        return next(p for p in doc["patches"] if p["name"] == PATCH)
+
+    def metrics(self) -> str:
+        port = self.agent.metrics_server.port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self):
+        self.agent.request_stop()
+        self.thread.join(timeout=5)
+        self.agent.close()
+        self.monitor.close()
+
+
+@pytest.fixture
+def running(tmp_path):
+    r = Running(tmp_path)
+    yield r
+    r.stop()
+
+
+def sample(metrics: str, line_start: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_start} not in metrics:\n{metrics}")
+
+
+def test_state_changes_reach_the_api_and_metrics(running):
+    r = running
+    assert any(n.startswith("READY=1\nSTATUS=1 patches (1 not loaded)") for n in r.notes)
+    doc = r.status()
+    assert doc["schema"] == "klpd.status/1" and doc["source"] == "daemon"
+    patch = r.patch(doc)
+    assert patch["loaded"] is False and patch["path"] == PATCH_FILE
+    target = next(o for o in patch["objects"] if o["name"] == TARGET)
+    assert target["loaded"] is False and target["module_load"] == "ok"
+    assert [s["state"] for s in target["sections"]] == ["pending"]
+
+    # The target module appears: its uevent makes the daemon look again.
+    r.host.load_target()
+    r.monitor.emit("add", TARGET)
+    doc = wait_for(lambda: (d := r.status()) and next(o for o in r.patch(d)["objects"] if o["name"] == TARGET)["loaded"]
+                   and d, what="target module loaded")  # fmt: skip
+    assert doc["daemon"]["events"][0] == {**doc["daemon"]["events"][0], "source": "udev", "kind": "add",
+                                          "subject": TARGET}  # fmt: skip
+
+    # The patch loads and starts transitioning; one task still runs unpatched code.
+    r.host.task(4242, 4243, "stuck_worker", 0)
+    r.host.task(4242, 4242, "idle_main", -1)
+    r.host.task(77, 77, "switched", 1)
+    r.host.load_patch(transition=True)
+    r.host.kmsg(f"livepatch: '{PATCH}': starting patching transition", prio=5)
+    doc = wait_for(lambda: (d := r.status()) and d["daemon"]["transitions"] and d, what="transition")
+    assert r.patch(doc)["transition"] is True
+    (transition,) = doc["daemon"]["transitions"]
+    assert transition["patch"] == PATCH and transition["target"] == "patched"
+    assert transition["since_source"] == "kernel_log"
+    assert transition["blocking_tasks"] == [{"pid": 4242, "tid": 4243, "comm": "stuck_worker", "patch_state": 0}]
+    assert transition["blocking_count"] == 1
+    metrics = r.metrics()
+    assert sample(metrics, f'klpd_patch_state{{patch="{PATCH}",state="transition"}}') == 1
+    assert sample(metrics, f'klpd_transition_blocking_tasks{{patch="{PATCH}"}}') == 1
+    assert sample(metrics, f'klpd_transition_start_time_seconds{{patch="{PATCH}"}}') == transition["since"]
+
+    # The kernel signals, then the transition completes.
+    r.host.kmsg("livepatch: signaling remaining tasks", prio=5)
+    wait_for(lambda: (t := r.status()["daemon"]["transitions"]) and t[0]["signals"] == 1, what="signal seen")
+    r.host.set_patch(enabled=True, transition=False)
+    r.host.task(4242, 4243, "stuck_worker", -1)
+    r.host.kmsg(f"livepatch: '{PATCH}': patching complete", prio=5)
+    doc = wait_for(lambda: (d := r.status()) and not d["daemon"]["transitions"] and d, what="transition over")
+    assert r.patch(doc)["enabled"] is True and r.patch(doc)["transition"] is False
+    metrics = r.metrics()
+    assert sample(metrics, f'klpd_patch_state{{patch="{PATCH}",state="enabled"}}') == 1
+    assert f'klpd_transition_blocking_tasks{{patch="{PATCH}"}}' not in metrics
+
+    # A refused module load: no uevent, only the kernel log says so.
+    r.host.kmsg(f"livepatch: failed to initialize patch '{PATCH}' for module 'other_mod' (-8)")
+    r.host.kmsg(f"livepatch: patch '{PATCH}' failed for module 'other_mod', refusing to load module 'other_mod'")
+    doc = wait_for(lambda: (d := r.status()) and d["daemon"]["refusals"] and d, what="refusal")
+    (refusal,) = doc["daemon"]["refusals"]
+    assert refusal["patch"] == PATCH and refusal["module"] == "other_mod"
+    assert "refusing to load module 'other_mod'" in refusal["message"]
+    metrics = wait_for(lambda: (m := r.metrics()) and "other_mod" in m and m, what="refusal metric")
+    assert sample(metrics, f'klpd_module_load_refusals_total{{object="other_mod",patch="{PATCH}"}}') == 1
+    assert sample(metrics, 'klpd_events_total{source="kmsg"}') == 5  # every livepatch line above
+    assert sample(metrics, 'klpd_source_up{source="kmsg"}') == 1
+
+
+def test_new_patch_file_is_noticed_by_inotify(running):
+    r = running
+    assert [p["name"] for p in r.status()["patches"]] == [PATCH]
+    r.host.fx.file(f"/var/lib/kpatch/{RELEASE}/livepatch_second.ko", patch_module("livepatch_second"))
+    doc = wait_for(lambda: (d := r.status()) and len(d["patches"]) == 2 and d, what="second patch")
+    assert sorted(p["name"] for p in doc["patches"]) == ["livepatch_demo", "livepatch_second"]
+    Path(r.host.fx.root.path(f"/var/lib/kpatch/{RELEASE}/livepatch_second.ko")).unlink()
+    wait_for(lambda: len(r.status()["patches"]) == 1, what="second patch removed")
+    assert r.status()["daemon"]["sources"]["inotify"]["events"] >= 2
+
+
+def test_lost_events_force_a_resync_and_are_counted(running):
+    r = running
+    before = r.evaluations
+    r.host.load_target()
+    r.monitor.overflow()  # ENOBUFS: the add event of the target module was dropped
+    wait_for(lambda: r.status()["daemon"]["sources"]["udev"]["lost"] == 1, what="loss counted")
+    doc = r.status()
+    assert next(o for o in r.patch(doc)["objects"] if o["name"] == TARGET)["loaded"] is True
+    assert r.evaluations > before
+    assert sample(r.metrics(), 'klpd_lost_events_total{source="udev"}') == 1
+
+
+def test_a_storm_costs_a_handful_of_evaluations(tmp_path):
+    r = Running(tmp_path, coalesce_delay=0.1)
+    try:
+        before = r.evaluations
+        for i in range(300):  # 300 events over ~0.6 s
+            r.monitor.emit("add" if i % 2 == 0 else "remove", f"mod{i}")
+            time.sleep(0.002)
+        wait_for(lambda: r.status()["daemon"]["sources"]["udev"]["events"] == 300, what="storm counted")
+        assert 1 <= r.evaluations - before <= 4
+    finally:
+        r.stop()
+
+
+class _ScriptedSource:
+    name = "script"
+
+    def __init__(self):
+        import os
+
+        self.r, self.w = os.pipe()
+
+    def fileno(self):
+        return self.r
+
+    def read(self):
+        import os
+
+        os.read(self.r, 1)
+        return Batch((Event(time.time(), self.name, "poke", "x"),))
+
+    def close(self):
+        pass
+
+
+def test_idle_daemon_sleeps_until_the_resync(tmp_path):
+    """No event, no evaluation: the loop waits in select() for the periodic resync, which does come."""
+    host = Host(tmp_path / "host")
+    count = []
+
+    class Counting(Evaluator):
+        def evaluate(self, files=None):
+            count.append(time.monotonic())
+            return super().evaluate(files)
+
+    config = Config(root=host.path, socket=None, listen=None, resync_interval=0.5)
+    notifier = Notifier(send=lambda s: None, environ={})
+    agent = Agent(config, sources=[], evaluator_factory=Counting, notifier=notifier)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    time.sleep(1.2)
+    agent.request_stop()
+    thread.join(5)
+    agent.close()
+    assert len(count) == 3  # the first evaluation and two resyncs, 0.5 s apart
+    assert 0.4 < count[1] - count[0] < 0.8
+
+
+def test_watchdog_pings_when_systemd_asks(tmp_path):
+    host = Host(tmp_path / "host")
+    notes: list[str] = []
+    notifier = Notifier(send=notes.append, environ={"WATCHDOG_USEC": "200000"})
+    agent = Agent(Config(root=host.path, socket=None, listen=None), sources=[], notifier=notifier)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    time.sleep(0.55)
+    agent.request_stop()
+    thread.join(5)
+    agent.close()
+    assert 4 <= notes.count("WATCHDOG=1") <= 8  # every 0.1 s
+    assert notes[-1] == "STOPPING=1"

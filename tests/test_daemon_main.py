@@ -1,0 +1,192 @@
+"""``klpd`` as a process: --once, the socket API through ``klpctl status``, SIGHUP, SIGTERM, sd_notify, and the
+errors a user meets when starting it wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_scenario import PATCH, TARGET, Host
+
+VENV_BIN = Path(sys.executable).parent
+KLPD = [sys.executable, "-m", "klpd.daemon.main"]
+KLPCTL = [sys.executable, "-m", "klpd.cli"]
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def klpctl(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from klpd.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, env=ENV,
+                          timeout=60)  # fmt: skip
+
+
+class Daemon:
+    def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None):
+        self.host = Host(tmp_path / "host")
+        self.socket = tmp_path / "run" / "klpd.sock"
+        self.config = tmp_path / "klpd.toml"
+        self.write_config(resync_interval=300)
+        self.stderr_path = tmp_path / "stderr"
+        self.stderr = open(self.stderr_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [*KLPD, "--config", str(self.config), "--root", str(self.host.path), "--socket", str(self.socket),
+             "--listen", "127.0.0.1:0", "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=self.stderr, env={**ENV, **(extra_env or {})},
+        )  # fmt: skip
+        self.wait_log(r"ready: ")
+        self.port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", self.log()).group(1))
+
+    def write_config(self, **settings):
+        self.config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+
+    def log(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log())
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                raise AssertionError(f"klpd exited ({self.proc.returncode}):\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not logged:\n{self.log()}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    yield d
+    d.stop()
+
+
+def test_once_prints_the_status_and_exits(tmp_path):
+    host = Host(tmp_path / "host")
+    result = subprocess.run([*KLPD, "--once", "--root", str(host.path), "--config", os.devnull], check=False,
+                            capture_output=True, text=True, env=ENV, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert PATCH in result.stdout and "klpd_target(pending, load ok)" in result.stdout
+
+
+def test_klpctl_status_asks_the_running_daemon(daemon):
+    result = klpctl("status", "--socket", str(daemon.socket), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["source"] == "daemon" and doc["daemon"]["pid"] == daemon.proc.pid
+    assert [p["name"] for p in doc["patches"]] == [PATCH]
+    text = klpctl("status", "--socket", str(daemon.socket))
+    assert PATCH in text.stdout and "daemon:" in text.stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    assert f'klpd_patch_state{{patch="{PATCH}",state="not_loaded"}} 1.0' in body
+    assert 'klpd_source_up{source="kmsg"} 1.0' in body
+
+
+def test_klpctl_falls_back_when_no_daemon_answers(tmp_path):
+    host = Host(tmp_path / "host")
+    result = klpctl("status", "--socket", str(tmp_path / "nobody.sock"), "--root", str(host.path), "--json")
+    assert "no klpd daemon answers" in result.stderr
+    assert json.loads(result.stdout)["source"] == "direct"
+
+
+def test_sighup_with_a_bad_config_keeps_running_then_a_good_one_applies(daemon):
+    daemon.config.write_text("resync_interval = -1\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log(r"configuration not reloaded, keeping the running one: .*klpd\.toml: resync_interval")
+    assert daemon.proc.poll() is None
+    assert klpctl("status", "--socket", str(daemon.socket), "--json").returncode == 0
+    # A good file is applied, and the reload re-evaluates at once: the module loaded meanwhile shows.
+    daemon.host.load_target()
+    daemon.write_config(resync_interval=600)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log(r"configuration reloaded from")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        doc = json.loads(klpctl("status", "--socket", str(daemon.socket), "--json").stdout)
+        objects = {o["name"]: o for o in doc["patches"][0]["objects"]}
+        if objects[TARGET]["loaded"]:
+            break
+        time.sleep(0.1)
+    assert objects[TARGET]["loaded"] is True
+
+
+def test_sigterm_exits_cleanly_and_removes_the_socket(daemon):
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=10) == 0
+    assert not daemon.socket.exists()
+    assert "Traceback" not in daemon.log()
+
+
+def test_sd_notify_ready_and_status(tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    d = Daemon(tmp_path, extra_env={"NOTIFY_SOCKET": str(path)})
+    try:
+        message = sock.recv(4096).decode()
+        assert message.startswith("READY=1\nSTATUS=1 patches (1 not loaded)")
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=10) == 0
+        rest = []
+        sock.settimeout(1)
+        try:
+            while True:
+                rest.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        assert "STOPPING=1" in rest
+    finally:
+        d.stop()
+        sock.close()
+
+
+def test_bad_config_at_start_names_file_and_key(tmp_path):
+    config = tmp_path / "klpd.toml"
+    config.write_text('listen = "localhost"\n')
+    result = subprocess.run([*KLPD, "--config", str(config)], check=False, capture_output=True, text=True, env=ENV,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert f"{config}: listen:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_socket_path_that_cannot_be_created_is_a_clear_error(capsys):
+    """As a user without write access to /run meets it; /sys refuses mkdir (EPERM) even to root."""
+    from klpd.daemon.main import main
+
+    assert main(["--root", "/", "--socket", "/sys/klpd-test/klpd.sock", "--listen", ""]) == 1
+    err = capsys.readouterr().err
+    assert "cannot create the directory of the API socket /sys/klpd-test: Operation not permitted" in err
+    assert "--socket PATH" in err and "Traceback" not in err
+
+
+def test_a_port_in_use_is_a_clear_error(capsys, tmp_path):
+    from klpd.daemon.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["--root", "/", "--socket", str(tmp_path / "s.sock"), "--listen", f"127.0.0.1:{port}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port} for /metrics: Address already in use" in err
+    assert not (tmp_path / "s.sock").exists()  # the API socket opened first was closed again

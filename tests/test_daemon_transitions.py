@@ -1,0 +1,109 @@
+"""Tasks blocking a transition, from a fixture /proc, and the tracker's memory of when a transition began."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from klpd.daemon.kernel_log import parse_livepatch_message
+from klpd.daemon.transitions import TransitionTracker, parse_patch_state, scan_blocking_tasks
+from klpd.errors import FormatError
+from klpd.model import HostStatus, PatchStatus
+from tests.fixtures import FixtureRoot
+
+
+def _tasks(fx, tasks):
+    for pid, tid, comm, state in tasks:
+        fx.write(f"/proc/{pid}/task/{tid}/comm", comm + "\n")
+        if state is not None:
+            fx.write(f"/proc/{pid}/task/{tid}/patch_state", f"{state}\n", mode=0o400)
+
+
+def test_parse_patch_state():
+    assert [parse_patch_state(t) for t in ("-1\n", "0\n", "1\n")] == [-1, 0, 1]
+    with pytest.raises(FormatError, match="not -1, 0 or 1"):
+        parse_patch_state("2\n", "/proc/1/task/1/patch_state")
+
+
+def test_blocking_tasks_differ_from_the_target_and_are_not_idle(tmp_path):
+    fx = FixtureRoot(tmp_path)
+    _tasks(fx, [(1, 1, "systemd", 1), (200, 200, "worker", 0), (200, 201, "worker/1", -1), (300, 300, "nfsd", 0)])
+    scan = scan_blocking_tasks(fx.root, target=1)
+    assert [(t.pid, t.tid, t.comm) for t in scan.tasks] == [(200, 200, "worker"), (300, 300, "nfsd")]
+    assert (scan.blocking, scan.scanned, scan.unreadable, scan.complete) == (2, 4, 0, True)
+    # Unpatching: the tasks already back at 0 are done, the patched one blocks.
+    assert [t.pid for t in scan_blocking_tasks(fx.root, target=0).tasks] == [1]
+
+
+def test_no_patch_state_files_is_said(tmp_path):
+    fx = FixtureRoot(tmp_path)
+    _tasks(fx, [(1, 1, "init", None)])
+    scan = scan_blocking_tasks(fx.root, 1)
+    assert scan.blocking == 0 and not scan.complete and "CONFIG_LIVEPATCH" in scan.reason
+
+
+def test_unreadable_patch_state_is_said():
+    """As an unprivileged daemon sees root's tasks (mode 0400): run the scan as nobody in a child process."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    base = Path(tempfile.mkdtemp(prefix="klpd-test-"))  # pytest's tmp_path is private to root
+    try:
+        base.chmod(0o755)
+        fx = FixtureRoot(base)
+        _tasks(fx, [(1, 1, "init", 0), (2, 2, "kthreadd", 0)])
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                os.close(r)
+                os.setgid(65534)
+                os.setuid(65534)
+                scan = scan_blocking_tasks(fx.root, 1)
+                os.write(w, f"{scan.unreadable} {scan.blocking} {scan.reason}".encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        data = os.read(r, 4096).decode()
+        os.close(r)
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(base)
+    unreadable, blocking, reason = data.split(" ", 2)
+    assert (unreadable, blocking) == ("2", "0")
+    assert "permission denied" in reason and "CAP_DAC_READ_SEARCH" in reason
+
+
+def _status(*patches):
+    return HostStatus("6.1.0-test", 0, False, True, True, tuple(patches))
+
+
+def _patch(name, enabled=True, transition=True):
+    return PatchStatus(name, None, True, enabled, transition, None, None, None, None, True, (), (), ())
+
+
+def test_tracker_dates_a_transition_from_the_kernel_log_and_counts_signals():
+    tracker = TransitionTracker()
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting patching transition"), 100.0)
+    (t,) = tracker.update(_status(_patch("p")), now=105.0, root=None)
+    assert (t.patch, t.target, t.since, t.since_source) == ("p", "patched", 100.0, "kernel_log")
+    tracker.observe(parse_livepatch_message("livepatch: signaling remaining tasks"), 110.0)
+    tracker.observe(parse_livepatch_message("livepatch: forcing remaining tasks to the patched state"), 120.0)
+    (t,) = tracker.update(_status(_patch("p")), now=121.0, root=None)
+    assert (t.since, t.signals, t.last_signal, t.forced) == (100.0, 1, 110.0, 120.0)
+    assert tracker.update(_status(_patch("p", transition=False)), now=130.0, root=None) == ()
+
+
+def test_tracker_without_a_log_line_uses_first_seen_and_restarts_on_reversal():
+    tracker = TransitionTracker()
+    (t,) = tracker.update(_status(_patch("p")), now=50.0, root=None)
+    assert (t.since, t.since_source) == (50.0, "first_seen")
+    (t,) = tracker.update(_status(_patch("p")), now=60.0, root=None)
+    assert t.since == 50.0
+    # Writing 0 to enabled during the transition reverses it: a new transition towards "unpatched".
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=70.0, root=None)
+    assert (t.target, t.since) == ("unpatched", 70.0)
