@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from klpd.model import (
     HostStatus,
@@ -161,11 +163,51 @@ def render_inspect(modules: Iterable[PatchModule], problems: Iterable[Problem], 
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def render_daemon(daemon: dict[str, object]) -> str:
-    """What only the daemon knows (source health, refusals seen, last events), as ``key: value`` lines."""
+def _when(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _dicts(value: object) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def render_daemon(daemon: Mapping[str, Any], events: int = 5) -> str:
+    """What only the daemon knows: transitions and their blocking tasks, refusals seen, source health, last events."""
     if not daemon:
         return ""
-    lines = ["", "daemon:"]
-    for key, value in daemon.items():
-        lines.append(f"  {key}: {value}")
+    lines = [
+        "",
+        f"daemon: klpd {daemon.get('version', '?')} pid {daemon.get('pid', '?')},"
+        f" up since {_when(daemon.get('started'))}, {daemon.get('evaluations', 0)} evaluations,"
+        f" last {_when(daemon.get('last_evaluation'))}",
+    ]
+    for t in _dicts(daemon.get("transitions")):
+        lines.append(
+            f"  TRANSITION {t.get('patch')}: to {'patched' if t.get('target') else 'unpatched'}"
+            f" since {_when(t.get('since'))}, {t.get('blocking_count', '?')} task(s) blocking"
+        )
+        for task in _dicts(t.get("blocking_tasks"))[:10]:
+            lines.append(f"    pid {task.get('pid')} tid {task.get('tid')} {task.get('comm')}")
+        if t.get("tasks_note"):
+            lines.append(f"    {t['tasks_note']}")
+        for signal in t.get("signals") or []:
+            lines.append(f"    kernel: {signal}")
+    for r in _dicts(daemon.get("refusals")):
+        lines.append(f"  REFUSED {_when(r.get('time'))}: module '{r.get('module')}' by patch '{r.get('patch')}'")
+        lines.append(f"    kernel: {r.get('message')}")
+    sources = daemon.get("sources")
+    if isinstance(sources, dict) and sources:
+        parts = []
+        for name, raw in sources.items():
+            info = raw if isinstance(raw, dict) else {}
+            state = "up" if info.get("up") else "DOWN"
+            lost = f", {info['lost']} lost" if info.get("lost") else ""
+            parts.append(f"{name} {state}{lost}")
+        lines.append("  sources: " + ", ".join(parts))
+    recent = _dicts(daemon.get("events"))[:events]
+    if recent:
+        lines.append("  last events:")
+        lines += [f"    {_when(e.get('time'))} {e.get('source')}: {e.get('message') or e.get('kind')}" for e in recent]
     return "\n".join(lines) + "\n"
