@@ -163,12 +163,12 @@ def basic_status() -> HostStatus:
 
 def basic_stats() -> DaemonStats:
     return DaemonStats(
-        events={"udev": 12, "journal": 3, "inotify": 1},
+        events={"udev": 12, "journal": 3, "inotify": 1, "kmsg": 0},
         lost_events={"udev": 1},
         evaluations=5,
         evaluation_duration_seconds=0.042,
         evaluation_timestamp_seconds=T0 + 30.5,
-        source_up={"udev": True, "journal": True, "inotify": True, "kmsg": False},
+        source_up={"udev": True, "journal": True, "inotify": True, "kmsg": False, "kallsyms": True},
         refusals={("livepatch_xfs", "xfs"): 2},
         transition_start={"livepatch_cve_2024_1": T0},
         transition_blocking_tasks={"livepatch_cve_2024_1": 3},

@@ -151,7 +151,9 @@ def test_daemon_counters_and_source_health(reg):
     assert value(reg, "klpd_events_total", source="udev") == 12
     assert value(reg, "klpd_lost_events_total", source="udev") == 1
     assert value(reg, "klpd_lost_events_total", source="journal") == 0
-    assert value(reg, "klpd_events_total", source="kmsg") == 0  # a source without events yet still has a series
+    assert value(reg, "klpd_events_total", source="kmsg") == 0  # an event source without events yet has a series
+    assert value(reg, "klpd_source_up", source="kallsyms") == 1
+    assert value(reg, "klpd_events_total", source="kallsyms") is None  # a data source sends no events
     assert value(reg, "klpd_source_up", source="kmsg") == 0
     assert value(reg, "klpd_source_up", source="udev") == 1
     assert value(reg, "klpd_evaluations_total") == 5

@@ -246,6 +246,9 @@ class Agent:
         self._watcher = next((s for s in sources if isinstance(s, PatchDirWatcher)), None)
         for source in sources:
             self._selector.register(source.fileno(), selectors.EVENT_READ, source)
+            # Counters exist from the start, so the first event is an increase that rate() and alerts can see.
+            self._counters.events.setdefault(source.name, 0)
+            self._counters.lost.setdefault(source.name, 0)
 
     def close_sources(self) -> None:
         for source in self._sources:

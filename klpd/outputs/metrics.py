@@ -306,7 +306,8 @@ def _daemon(out: _Families, stats: DaemonStats, patches: Iterable[PatchStatus]) 
     for source, up in sorted(stats.source_up.items()):
         out.add(SOURCE_UP, float(up), source)
     # Every source that exists gets an events series, even before its first event, for the same reason.
-    for source in sorted(set(stats.events) | set(stats.lost_events) | set(stats.source_up)):
+    # Only event sources count events; the data sources of an evaluation (kallsyms, ...) have source_up alone.
+    for source in sorted(set(stats.events) | set(stats.lost_events)):
         out.add(EVENTS, stats.events.get(source, 0), source)
         out.add(LOST_EVENTS, stats.lost_events.get(source, 0), source)
     out.add(EVALUATIONS, stats.evaluations)
