@@ -190,3 +190,14 @@ def test_a_port_in_use_is_a_clear_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port} for /metrics: Address already in use" in err
     assert not (tmp_path / "s.sock").exists()  # the API socket opened first was closed again
+
+
+def test_real_metrics_output_passes_promtool(daemon):
+    """`promtool check metrics` on what the running daemon serves, not on a hand-built snapshot."""
+    from tests.test_metrics import promtool_check
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5) as r:
+        body = r.read()
+    assert b"klpd_build_info" in body and b"klpd_patch_will_load" in body
+    result = promtool_check(body)
+    assert result.returncode == 0, result.stdout + result.stderr
