@@ -288,3 +288,30 @@ def test_live_host_parses_cleanly():
     if os.geteuid() == 0:
         assert k.addresses_visible
     assert read_kallsyms(root, previous=k).vmlinux_reused
+
+
+def test_kallsyms_all_and_hidden_addresses_across_blocks(monkeypatch):
+    # the fast path decides both per block: the answer must not depend on where the block boundaries fall
+    monkeypatch.setattr(kallsyms_module, "_BLOCK", 128)
+    text_symbols = [(BASE + i * 16, "t", f"f{i}") for i in range(60)]
+    markers = [(BASE + 0x1000 + i, "D", f"__start_s{i}") for i in range(30)]
+    data_symbols = [(BASE + 0x2000 + i, "d", f"v{i}") for i in range(16)]
+    assert not parse(text([*text_symbols, *markers])).kallsyms_all
+    assert not parse(text([*text_symbols, *markers, *data_symbols[:15]])).kallsyms_all
+    assert parse(text([*text_symbols, *markers, *data_symbols])).kallsyms_all
+    hidden = parse(text(text_symbols, [], hide=True))
+    assert not hidden.addresses_visible and hidden.occurrences("vmlinux", "f59") == (0,)
+    # one visible address in the last block is enough
+    last_visible = [(0, t, n) for _, t, n in text_symbols[:-1]] + [text_symbols[-1]]
+    shown = parse(text(last_visible, []))
+    assert shown.addresses_visible and shown.occurrences("vmlinux", "f59") == (BASE + 59 * 16,)
+
+
+def test_repeated_names_within_and_across_blocks_keep_file_order(monkeypatch):
+    monkeypatch.setattr(kallsyms_module, "_BLOCK", 64)
+    names = ["a", "b", "a", "c", "a", "b", "d", "a"] * 5
+    vmlinux = [(BASE + i, "t", n) for i, n in enumerate(names)]
+    k = parse(text(vmlinux, []))
+    for name in "abcd":
+        assert k.occurrences("vmlinux", name) == tuple(BASE + i for i, n in enumerate(names) if n == name)
+    assert k.occurrences("vmlinux", "e") == ()

@@ -22,7 +22,7 @@ The file is large (100k+ lines) and the daemon re-reads it on every module event
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
 from dataclasses import dataclass, field
 from itertools import compress, groupby
 from operator import is_not
@@ -36,6 +36,7 @@ from klpd.sources.result import malformed_lines, os_reason
 VMLINUX = "vmlinux"
 
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
+_HEX_DIGITS_NEWLINE = _HEX_DIGITS + b"\n"
 # bytes.split() separates at these; every other byte belongs to a token.
 _WHITESPACE = b" \t\n\r\x0b\x0c"
 _NON_WHITESPACE = bytes(b for b in range(256) if b not in _WHITESPACE)
@@ -46,7 +47,8 @@ _OBJECT_LINE = b"  \t\n"
 # keeps only symbols in the text ranges plus the __start_*/__stop_* section markers, so vmlinux then shows a few
 # dozen markers and a stray boundary symbol or two (__init_begin) of these types; with it, tens of thousands.
 _DATA_TYPES = b"dDbBrR"
-_SECTION_MARKERS = (b" __start_", b" __stop_")
+_DATA_TYPE = re.compile(b"[" + _DATA_TYPES + b"]")
+_SECTION_MARKERS = (b"__start_", b"__stop_")
 _KALLSYMS_ALL_MIN = 16  # data symbols other than section markers
 _KLP_SYM_PREFIX = KLP_SYM_PREFIX.encode()
 # Bytes of vmlinux lines parsed per block: small enough that a block's short-lived tokens are freed and their
@@ -68,64 +70,82 @@ def _is_hex(token: bytes) -> bool:
 
 
 class _NameIndex:
-    """Positions of names in a list of lines: the first one of each name, and all of them for repeated names."""
+    """Positions of names in a run of lines: a name's one position, or the tuple of all of them if it repeats.
 
-    __slots__ = ("first", "repeated")
+    Built at C speed, one block of lines at a time while its names are still in the CPU cache (the dict probes,
+    not the hashing, are what costs here). ``setdefault()`` hands back the offered position object itself
+    (``is``) only where a name occurs for the first time, so one pass both indexes a block and finds the few
+    repeated names (static symbols of the same name in different files); only those meet Python code.
+    """
 
-    def __init__(self) -> None:
-        self.first: dict[bytes, int] = {}
-        self.repeated: dict[bytes, list[int]] = {}
+    __slots__ = ("_next", "_repeated", "positions", "repeated")
 
-    def add(self, names: Sequence[bytes], offset: int) -> None:
-        """Index ``names``, the lines from position ``offset`` on, at C speed.
+    def __init__(self, start: int = 0) -> None:
+        # name -> its only position, or ~i for the positions self.repeated[i]
+        self.positions: dict[bytes, int] = {}
+        self.repeated: list[tuple[int, ...]] = []
+        self._repeated: dict[bytes, list[int]] = {}  # every position of a repeated name, in file order
+        self._next = start
 
-        setdefault() hands back the offered position object itself (``is``) only where a name occurs for the
-        first time. Few names repeat (static symbols of the same name in different files), so the Python loop
-        runs over a handful of positions.
-        """
-        positions = list(range(offset, offset + len(names)))
-        first = self.first
+    def add(self, names: list[bytes]) -> None:
+        """Index ``names``, the lines that follow the ones already added."""
+        positions = list(range(self._next, self._next + len(names)))  # one object per position, for ``is``
+        self._next += len(names)
+        first = self.positions
+        repeated = self._repeated
+        offset = positions[0] if positions else 0
         for position in compress(positions, map(is_not, map(first.setdefault, names, positions), positions)):
             name = names[position - offset]
-            repeated = self.repeated.get(name)
-            if repeated is None:
-                repeated = self.repeated[name] = [first[name]]
-            repeated.append(position)
+            found = repeated.get(name)
+            if found is None:
+                found = repeated[name] = [first[name]]
+            found.append(position)
 
-    def positions(self, name: bytes) -> Sequence[int]:
-        repeated = self.repeated.get(name)
-        if repeated is not None:
-            return repeated
-        first = self.first.get(name)
-        return () if first is None else (first,)
+    def finish(self) -> _NameIndex:
+        """Give every repeated name all its positions; no add() after this.
+
+        A repeated name's entry becomes ``~i`` for the i-th tuple of positions: entries stay ints, so the dict
+        holds no object the garbage collector tracks, and is never traversed by it (a full collection would
+        otherwise visit every name: milliseconds).
+        """
+        positions = self.positions
+        for name, found in self._repeated.items():
+            positions[name] = ~len(self.repeated)
+            self.repeated.append(tuple(found))
+        self._repeated = {}
+        return self
+
+    def get(self, name: bytes) -> int | tuple[int, ...] | None:
+        found = self.positions.get(name)
+        return found if found is None or found >= 0 else self.repeated[~found]
 
 
 class _Addresses:
-    """An address column: one buffer of fixed-width hex fields (what %px prints), or hex tokens of any width."""
+    """An address column: one buffer of fixed-width hex fields, one every ``stride`` bytes, or hex tokens."""
 
-    __slots__ = ("_buffer", "_tokens", "_width")
+    __slots__ = ("_buffer", "_stride", "_tokens", "_width")
 
-    def __init__(self, buffer: bytes = b"", width: int = 0, tokens: list[bytes] | None = None) -> None:
+    def __init__(self, buffer: bytes = b"", width: int = 0, stride: int = 0, tokens: list[bytes] | None = None) -> None:
         self._buffer = buffer
         self._width = width
+        self._stride = stride
         self._tokens = tokens
 
     def __getitem__(self, position: int) -> int:
         if self._tokens is not None:
             return int(self._tokens[position], 16)
-        start = position * self._width
+        start = position * self._stride
         return int(self._buffer[start : start + self._width], 16)
 
-    def get(self, positions: Sequence[int]) -> tuple[int, ...]:
-        # Called once per symbol lookup, thousands of times per evaluation: no per-position method calls, and
-        # no comprehension for the usual single occurrence.
-        if len(positions) == 1:
-            return (self[positions[0]],)
-        if self._tokens is not None:
-            tokens = self._tokens
-            return tuple([int(tokens[p], 16) for p in positions])
-        buffer, width = self._buffer, self._width
-        return tuple([int(buffer[p * width : (p + 1) * width], 16) for p in positions])
+    def get(self, found: int | tuple[int, ...] | None) -> tuple[int, ...]:
+        """The addresses of what _NameIndex.get() found."""
+        # Called once per symbol lookup, thousands of times per evaluation: no comprehension for the usual single
+        # occurrence.
+        if found is None:
+            return ()
+        if isinstance(found, int):
+            return (self[found],)
+        return tuple([self[p] for p in found])
 
 
 @dataclass(frozen=True)
@@ -177,40 +197,62 @@ def _layout(block: bytes, object_lines_from: int) -> tuple[list[bytes], int, int
     return tokens, vmlinux_lines, object_lines
 
 
+def _kallsyms_all(found: int, names: list[bytes], types: bytes) -> int:
+    """``found`` plus the data symbols other than section markers among ``names``, counting up to the threshold.
+
+    Without CONFIG_KALLSYMS_ALL a whole vmlinux has a few dozen data-typed lines, with it the first block reaches
+    the threshold: either way this looks at few lines.
+    """
+    for match in _DATA_TYPE.finditer(types):
+        if found >= _KALLSYMS_ALL_MIN:
+            break
+        found += not names[match.start()].startswith(_SECTION_MARKERS)
+    return found
+
+
 def _vmlinux_fast(data: bytes, end: int) -> _Vmlinux | None:
-    """vmlinux lines ``data[:end]`` block by block; None as soon as one line is odd."""
+    """vmlinux lines ``data[:end]`` block by block; None as soon as one line is odd.
+
+    Per block, the layout is proven for all lines at once: the separator bytes must be exactly ``"  \\n"`` per
+    line, and there must be exactly three tokens per line — so every gap holds exactly one token (a token holds no
+    whitespace). The type column joined must then be one byte per line, and the address column joined with
+    newlines must have its newlines exactly every width + 1 bytes (the width of the first address, what %px
+    prints) and nothing but hex digits besides.
+    """
     index = _NameIndex()
     buffers: list[bytes] = []
-    width = count = data_symbols = 0
-    visible = False
+    width = stride = count = data_symbols = 0
     start = 0
     while start < end:
         stop = data.find(b"\n", min(start + _BLOCK, end) - 1) + 1  # the part ends with a newline: stop <= end
         block = data[start:stop]
-        layout = _layout(block, len(block))
-        if layout is None:
+        lines = block.count(b"\n")
+        if block.translate(None, _NON_WHITESPACE) != _VMLINUX_LINE * lines:
             return None
-        tokens, lines, _ = layout
-        addresses = tokens[0::3]
-        width = width or len(addresses[0])
-        buffer = b"".join(addresses)
+        tokens = block.split()
+        if len(tokens) != 3 * lines:
+            return None
+        if not width:
+            width = len(tokens[0])
+            stride = width + 1
+        addresses = b"\n".join(tokens[0::3])
         types = b"".join(tokens[1::3])
-        # Every address must have the width of the first (what %px prints): all at most that wide and the total
-        # exactly that many times the line count.
-        if len(types) != lines or len(buffer) != width * lines or max(map(len, addresses)) != width:
+        if len(types) != lines or len(addresses) != stride * lines - 1:
             return None
-        if buffer.translate(None, _HEX_DIGITS):
+        if addresses[width::stride] != b"\n" * (lines - 1) or addresses.translate(None, _HEX_DIGITS_NEWLINE):
             return None
-        # Markers of any type are subtracted too: that can only understate, and the threshold has room.
-        data_symbols += lines - len(types.translate(None, _DATA_TYPES)) - sum(map(block.count, _SECTION_MARKERS))
-        visible = visible or buffer.count(b"0") != len(buffer)
-        index.add(tokens[2::3], count)
-        buffers.append(buffer)
+        names = tokens[2::3]
+        if data_symbols < _KALLSYMS_ALL_MIN:
+            data_symbols = _kallsyms_all(data_symbols, names, types)
+        index.add(names)
+        buffers.append(addresses)
         count += lines
         start = stop
-    raw = memoryview(data)[:end]
-    column = _Addresses(b"".join(buffers), width)
-    return _Vmlinux(raw, index, column, count, data_symbols >= _KALLSYMS_ALL_MIN, visible)
+    buffer = b"\n".join(buffers)
+    # Hidden addresses: every byte but the separators is "0".
+    visible = buffer.count(b"0") + max(count - 1, 0) != len(buffer)
+    column = _Addresses(buffer, width, stride)
+    return _Vmlinux(memoryview(data)[:end], index.finish(), column, count, data_symbols >= _KALLSYMS_ALL_MIN, visible)
 
 
 def _lines(raw: bytes) -> list[bytes]:
@@ -222,7 +264,7 @@ def _lines(raw: bytes) -> list[bytes]:
 
 def _vmlinux_slowly(data: bytes, end: int) -> _Vmlinux:
     """Line by line, skipping and counting odd lines. Only used when the fast path's layout proof fails."""
-    index = _NameIndex()
+    names: list[bytes] = []
     addresses: list[bytes] = []
     data_symbols = malformed = 0
     first: tuple[int, str] | None = None
@@ -232,13 +274,14 @@ def _vmlinux_slowly(data: bytes, end: int) -> _Vmlinux:
             malformed += 1
             first = first or (number, _decode(line))
             continue
-        index.add(tokens[2:3], len(addresses))
+        names.append(tokens[2])
         addresses.append(tokens[0])
-        marker = (b" " + tokens[2]).startswith(_SECTION_MARKERS)
-        data_symbols += tokens[1] in _DATA_TYPES and not marker
+        data_symbols += tokens[1] in _DATA_TYPES and not tokens[2].startswith(_SECTION_MARKERS)
+    index = _NameIndex()
+    index.add(names)
     return _Vmlinux(
         memoryview(data)[:end],
-        index,
+        index.finish(),
         _Addresses(tokens=addresses),
         len(addresses),
         data_symbols >= _KALLSYMS_ALL_MIN,
@@ -333,8 +376,9 @@ class _ObjectRuns:
             span = self.ranges.get(obj)
             if span is None:
                 return None
-            index = self._indexes[obj] = _NameIndex()
-            index.add(self.part.names[span[0] : span[1]], span[0])
+            index = _NameIndex(span[0])
+            index.add(self.part.names[span[0] : span[1]])
+            index = self._indexes[obj] = index.finish()
         return index
 
 
@@ -376,16 +420,18 @@ class Kallsyms:
                 answers[name] = known
             return known
         found = self._runs.index(_encode(obj))
-        return () if found is None else self._runs.part.addresses.get(found.positions(_encode(name)))
+        return () if found is None else self._runs.part.addresses.get(found.get(_encode(name)))
 
     def _vmlinux_occurrences(self, name: str) -> tuple[int, ...]:
-        key = name.encode("utf-8", "surrogateescape")
-        index = self._vmlinux.index
-        first = index.first.get(key)
-        if first is None:
+        # Each call meets a few cache misses (dict slot, key, value, address field): no further calls in the
+        # common case of one occurrence.
+        vmlinux = self._vmlinux
+        found = vmlinux.index.positions.get(name.encode("utf-8", "surrogateescape"))
+        if found is None:
             return ()
-        repeated = index.repeated.get(key)
-        return self._vmlinux.addresses.get(repeated if repeated is not None else (first,))
+        if found >= 0:
+            return (vmlinux.addresses[found],)
+        return vmlinux.addresses.get(vmlinux.index.repeated[~found])
 
     def modules(self) -> frozenset[str]:
         """Every bracketed object: loaded modules and pseudo-objects such as bpf or __builtin__ftrace.
