@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from klpd.model import SymbolStatus
-from klpd.resolve import lookup
+from klpd.resolve import lookup_occurrences
 from klpd.root import SystemRoot
 from klpd.sources.kallsyms import VMLINUX, Kallsyms, read_kallsyms
 
@@ -76,7 +76,7 @@ def references(unique: list[str], repeated: list[str], count: int) -> list[tuple
 
 def resolve_all(kallsyms: Kallsyms, refs: list[tuple[str, int]]) -> list[SymbolStatus]:
     visible = kallsyms.addresses_visible
-    return [lookup(kallsyms.occurrences(VMLINUX, name), sympos, visible) for name, sympos in refs]
+    return [lookup_occurrences(kallsyms.find(VMLINUX, name), sympos, visible) for name, sympos in refs]
 
 
 def main(argv: list[str] | None = None) -> int:

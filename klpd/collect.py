@@ -111,7 +111,8 @@ class Evaluator:
     def __init__(self, root: SystemRoot) -> None:
         self.root = root
         self.cache = ModuleCache()
-        self._kallsyms: kallsyms_source.Kallsyms | None = None
+        # Not the last Kallsyms (the whole file and an index of it: megabytes), only what the next read needs.
+        self._kallsyms: kallsyms_source.KallsymsMemo | None = None
 
     def system(self) -> tuple[SystemState, dict[str, bool], modules_dep.ModulesDep]:
         root = self.root
@@ -124,7 +125,7 @@ class Evaluator:
             kallsyms = kallsyms_source.read_kallsyms(root, self._kallsyms)
         except SourceError as exc:
             raise SourceError(exc.path, f"{exc.reason}: without it no livepatch symbol can be resolved") from exc
-        self._kallsyms = kallsyms
+        self._kallsyms = kallsyms.memo()
         problems += kallsyms.problems
         up["kallsyms"] = _up(kallsyms.problems)
         modules = proc_modules.read_proc_modules(root)

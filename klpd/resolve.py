@@ -15,18 +15,41 @@ and then decides:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from klpd.model import SymbolStatus
 
 
+class Occurrences(NamedTuple):
+    """What klp_find_object_symbol() can learn of one name in one object: how often it occurs, and which of those
+    occurrences sit at address 0. Positions count from 1, in the kernel's search order.
+
+    An index of 100k+ names answers this without keeping every address; ``zero_addresses`` is empty when no address
+    is known to be 0, as when addresses are hidden (then every address reads 0 and means nothing).
+    """
+
+    matches: int  # occurrences of the name
+    zero_addresses: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, addresses: Sequence[int]) -> Occurrences:
+        return cls(len(addresses), tuple(i for i, address in enumerate(addresses, start=1) if address == 0))
+
+
 def lookup(addresses: Sequence[int], sympos: int, addresses_visible: bool = True) -> SymbolStatus:
     """Status of ``sympos`` for a name whose occurrences in the object have ``addresses``, in the kernel's order."""
-    count = len(addresses)
+    return lookup_occurrences(Occurrences.of(addresses), sympos, addresses_visible)
+
+
+def lookup_occurrences(found: Occurrences, sympos: int, addresses_visible: bool = True) -> SymbolStatus:
+    """Status of ``sympos`` for a name with these occurrences in the object."""
+    count = found.matches
     if count == 0:
         return SymbolStatus.NOT_FOUND
-    # The kernel stops counting at the sympos-th match, or at the second one when sympos is 0.
+    # The kernel stops counting at the sympos-th match, or at the second one when sympos is 0; args.addr is the
+    # address of the last one counted.
     counted = min(count, sympos) if sympos > 0 else min(count, 2)
-    if addresses_visible and addresses[counted - 1] == 0:
+    if addresses_visible and counted in found.zero_addresses:
         return SymbolStatus.NOT_FOUND
     if sympos == 0 and counted > 1:
         return SymbolStatus.AMBIGUOUS

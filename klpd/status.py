@@ -41,7 +41,7 @@ from klpd.model import (
     SymbolStatus,
     SysfsPatch,
 )
-from klpd.resolve import lookup
+from klpd.resolve import Occurrences, lookup, lookup_occurrences
 
 VMLINUX = "vmlinux"
 _EINVAL = -22
@@ -57,7 +57,9 @@ class SymbolIndex(Protocol):
     @property
     def kallsyms_all(self) -> bool: ...
 
-    def occurrences(self, obj: str, name: str) -> tuple[int, ...]: ...
+    def find(self, obj: str, name: str) -> Occurrences:
+        """How often ``name`` occurs in object ``obj`` as klp_find_object_symbol() searches it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,9 @@ def _symbol_status(
     kallsyms = system.kallsyms
     load_order_dependent = False
     if _is_loaded(system, obj):
-        addresses = kallsyms.occurrences(obj, name)
-        status = lookup(addresses, sympos, kallsyms.addresses_visible)
+        found = kallsyms.find(obj, name)
+        occurrences = found.matches
+        status = lookup_occurrences(found, sympos, kallsyms.addresses_visible)
         symtab = symtabs.get(obj)
         if obj != VMLINUX and obj == sec_obj and isinstance(symtab, ModuleSymtab):
             # Had the module loaded after the patch, klp_module_coming() would have searched its full symtab.
@@ -163,13 +166,14 @@ def _symbol_status(
             # No readable .ko: what klp_module_coming() will see cannot be known.
             return SymbolResult(obj, name, sympos, None, sym.name)
         addresses = _symtab_addresses(symtab, name, core_bit=None)
+        occurrences = len(addresses)
         status = lookup(addresses, sympos, True)
         core_bit = ModuleSymtab.CORE_WITH_KALLSYMS_ALL if kallsyms.kallsyms_all else ModuleSymtab.CORE_TEXT_ONLY
         core_status = lookup(_symtab_addresses(symtab, name, core_bit), sympos, True)
         load_order_dependent = core_status != status
     else:
         # Another module that is not loaded: the kernel only searches loaded modules.
-        addresses = ()
+        occurrences = 0
         status = SymbolStatus.NOT_FOUND
     return SymbolResult(
         object=obj,
@@ -177,7 +181,7 @@ def _symbol_status(
         sympos=sympos,
         status=status,
         elf_name=sym.name,
-        occurrences=len(addresses),
+        occurrences=occurrences,
         load_order_dependent=load_order_dependent,
         kernel_message=_lookup_message(status, obj, name, sympos),
     )

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from klpd.errors import SourceError
 from klpd.model import SymbolStatus
-from klpd.resolve import lookup
+from klpd.resolve import Occurrences, lookup, lookup_occurrences
 from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_module
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms
@@ -315,3 +318,111 @@ def test_repeated_names_within_and_across_blocks_keep_file_order(monkeypatch):
     for name in "abcd":
         assert k.occurrences("vmlinux", name) == tuple(BASE + i for i, n in enumerate(names) if n == name)
     assert k.occurrences("vmlinux", "e") == ()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# find(): counts and zero addresses, without a per-line index
+
+
+def kernel_verdict(table, name, sympos):
+    """klp_find_object_symbol() over (name, address) lines, as tests/test_resolve_property.py transcribes it."""
+    count = addr = 0
+    for sym_name, sym_addr in table:
+        if sym_name != name:
+            continue
+        count += 1
+        addr = sym_addr
+        if (sympos and count == sympos) or (not sympos and count > 1):
+            break
+    if addr == 0:
+        return SymbolStatus.NOT_FOUND
+    if count > 1 and sympos == 0:
+        return SymbolStatus.AMBIGUOUS
+    if sympos != count and sympos > 0:
+        return SymbolStatus.SYMPOS_NOT_FOUND
+    return SymbolStatus.OK
+
+
+TABLE_NAMES = st.sampled_from(["foo", "bar", "foo.isra.0", "b", "percpu_var"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    table=st.lists(st.tuples(TABLE_NAMES, st.sampled_from([0, 0x1000, 0xC1000000])), min_size=1, max_size=25),
+    width=st.sampled_from([8, 16]),
+    odd_line=st.booleans(),
+    sympos=st.integers(0, 4),
+)
+def test_find_resolves_as_the_kernel_does(table, width, odd_line, sympos):
+    lines = [kallsyms_line(a, "t", n, width=width) for n, a in table]
+    if odd_line:  # sends the part to the line-by-line parse, which must answer alike
+        lines.insert(len(lines) // 2, "not a kallsyms line\n")
+    lines.append(kallsyms_line(0, "t", "foo", "mod", width=width))  # a module name is not a vmlinux one
+    k = parse("".join(lines).encode())
+    assert k.malformed_lines == int(odd_line)
+    assert k.addresses_visible == any(a for _, a in table)
+    for name in ["foo", "bar", "foo.isra.0", "b", "percpu_var", "absent"]:
+        addresses = tuple(a for n, a in table if n == name)
+        assert k.occurrences("vmlinux", name) == addresses
+        found = k.find("vmlinux", name)
+        assert found.matches == len(addresses)
+        verdict = lookup_occurrences(found, sympos, k.addresses_visible)
+        if k.addresses_visible:
+            assert verdict == kernel_verdict(table, name, sympos)
+        else:  # every address reads 0: names and order decide, as with the real addresses
+            assert verdict == lookup(tuple(1 for _ in addresses), sympos)
+
+
+def test_zero_address_counts_only_where_the_kernel_stops():
+    # per-CPU symbols sit at 0; the first occurrence (at the very first line) is at 0, the second is not
+    vmlinux = [(0, "A", "pcpu"), (BASE, "T", "_stext"), (BASE + 0x10, "t", "pcpu"), (0, "A", "late_zero")]
+    k = parse(text(vmlinux, []))
+    assert k.find("vmlinux", "pcpu") == Occurrences(2, (1,))
+    assert lookup_occurrences(k.find("vmlinux", "pcpu"), 1, True) is SymbolStatus.NOT_FOUND
+    assert lookup_occurrences(k.find("vmlinux", "pcpu"), 2, True) is SymbolStatus.OK
+    assert lookup_occurrences(k.find("vmlinux", "pcpu"), 0, True) is SymbolStatus.AMBIGUOUS
+    assert lookup_occurrences(k.find("vmlinux", "late_zero"), 0, True) is SymbolStatus.NOT_FOUND
+    assert k.find("vmlinux", "_stext") == Occurrences(1)
+    # hidden addresses: no address is known to be 0
+    hidden = parse(text(vmlinux, [], hide=True))
+    assert hidden.find("vmlinux", "pcpu") == Occurrences(2) and hidden.find("vmlinux", "late_zero") == Occurrences(1)
+
+
+def test_find_in_modules_counts_the_first_run_only():
+    k = parse(text())
+    assert k.find("ext4", "cleanup") == Occurrences(2)
+    assert k.find("ext4", "ext4_init_fs") == Occurrences(0)
+    assert k.find("livepatch_fix", ".klp.sym.ext4.cleanup,2") == Occurrences(1, (1,))
+    assert k.find("not_loaded", "cleanup") == Occurrences(0)
+
+
+def test_memo_stands_for_the_previous_read():
+    first = parse(text())
+    first.find("vmlinux", "cleanup")  # asked once: the memo answers it from now on
+    memo = first.memo()
+    more = [*MODULES, (0xFFFFFFFFC0009000, "t", "cleanup", "xfs")]
+    second = parse(text(modules=more), previous=memo)
+    assert second.vmlinux_reused
+    assert answers(second, NAMES) == answers(parse(text(modules=more)), NAMES)
+    # names never asked before are still answered (from this read's bytes), and real addresses too
+    assert second.find("vmlinux", "foo.isra.0") == Occurrences(1)
+    assert second.occurrences("vmlinux", "cleanup") == (BASE + 0x10, BASE + 0x30, BASE + 0x50)
+    # a chain of reads keeps recognising the part
+    assert parse(text(), previous=second.memo()).vmlinux_reused
+
+
+def test_memo_does_not_stand_for_another_vmlinux_part():
+    memo = parse(text()).memo()
+    # same length, addresses now hidden: the byte count alone cannot tell
+    hidden = parse(text(hide=True), previous=memo)
+    assert not hidden.vmlinux_reused and not hidden.addresses_visible
+    zero = [(0, "A", "pcpu"), *VMLINUX[1:]]
+    changed = parse(text(zero), previous=parse(text([(BASE, "A", "pcpu"), *VMLINUX[1:]])).memo())
+    assert not changed.vmlinux_reused
+    assert lookup_occurrences(changed.find("vmlinux", "pcpu"), 0, True) is SymbolStatus.NOT_FOUND
+
+
+def test_memo_keeps_no_copy_of_the_file():
+    data = text(vmlinux=[(BASE + i, "t", f"function_{i}") for i in range(2000)])
+    memo = parse(data).memo()
+    assert len(pickle.dumps(memo)) < len(data) // 20

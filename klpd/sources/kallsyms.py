@@ -11,18 +11,21 @@ unchanged — and names and order are all that sympos needs.
 The file is large (100k+ lines) and the daemon re-reads it on every module event, so:
 
 - parsing uses only C-speed primitives per block of lines (``bytes.split``, list slicing, ``bytes.join``,
-  ``dict.setdefault`` through ``map``); the kernel's exact layout is proven for a whole block at once, and a block
-  that fails the proof sends the part to a line-by-line parse that skips and counts odd lines;
-- vmlinux is indexed while it is parsed, one block at a time, keeping one object per symbol (its name) and the
-  addresses as one buffer of fixed-width hex fields: fewer objects is less time than anything else here;
-- a re-read whose vmlinux part is byte-identical to the previous read (it never changes while the kernel runs)
-  takes the previous vmlinux part over, index included, and parses only the module part, which is indexed per
-  object on first use.
+  ``Counter.update``); the kernel's exact layout is proven for a whole block at once, and a block that fails the
+  proof sends the part to a line-by-line parse that skips and counts odd lines;
+- vmlinux is indexed by name count only: resolving a symbol needs how often its name occurs and, when addresses
+  are visible, whether the counted occurrence sits at address 0, and the rare zero-address lines are found with a
+  C-speed search; addresses are read back from the text only when asked for;
+- a re-read whose vmlinux part is identical to the previous read's (it never changes while the kernel runs,
+  recognised by length and checksum) takes over what that read found and the answers it gave, and parses only
+  the module part; a daemon keeps only that memo between reads, not the file or an index of it.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress, groupby
 from operator import is_not
@@ -30,6 +33,7 @@ from operator import is_not
 from klpd.errors import SourceError
 from klpd.model import Problem
 from klpd.names import KLP_SYM_PREFIX
+from klpd.resolve import Occurrences
 from klpd.root import SystemRoot
 from klpd.sources.result import malformed_lines, os_reason
 
@@ -121,26 +125,18 @@ class _NameIndex:
 
 
 class _Addresses:
-    """An address column: one buffer of fixed-width hex fields, one every ``stride`` bytes, or hex tokens."""
+    """An address column: its hex tokens, converted when asked."""
 
-    __slots__ = ("_buffer", "_stride", "_tokens", "_width")
+    __slots__ = ("_tokens",)
 
-    def __init__(self, buffer: bytes = b"", width: int = 0, stride: int = 0, tokens: list[bytes] | None = None) -> None:
-        self._buffer = buffer
-        self._width = width
-        self._stride = stride
+    def __init__(self, tokens: list[bytes]) -> None:
         self._tokens = tokens
 
     def __getitem__(self, position: int) -> int:
-        if self._tokens is not None:
-            return int(self._tokens[position], 16)
-        start = position * self._stride
-        return int(self._buffer[start : start + self._width], 16)
+        return int(self._tokens[position], 16)
 
     def get(self, found: int | tuple[int, ...] | None) -> tuple[int, ...]:
         """The addresses of what _NameIndex.get() found."""
-        # Called once per symbol lookup, thousands of times per evaluation: no comprehension for the usual single
-        # occurrence.
         if found is None:
             return ()
         if isinstance(found, int):
@@ -148,21 +144,93 @@ class _Addresses:
         return tuple([self[p] for p in found])
 
 
+# The usual answers, made once: most names occur once and at a non-zero address.
+_COUNTED = tuple(Occurrences(n) for n in range(4))
+
+
+class _CountIndex:
+    """vmlinux lines proven to have s_show()'s exact layout: how often each name occurs, and nothing per line.
+
+    Resolving a symbol needs the count and, when addresses are visible, whether the counted occurrence sits at
+    address 0 (klp_find_object_symbol(): ``if (args.addr == 0)``). Zero addresses are rare and found with a
+    C-speed search, so positions, the costly part of a full index, are only looked for by names that have one;
+    addresses are read from the text itself on demand.
+    """
+
+    __slots__ = ("_data", "_end", "_width", "counts", "zero_names")
+
+    def __init__(self, data: bytes, end: int, width: int, counts: dict[bytes, int], visible: bool) -> None:
+        self._data = data
+        self._end = end
+        self._width = width
+        self.counts = counts
+        self.zero_names = self._zero_names() if visible else frozenset()
+
+    def _zero_names(self) -> frozenset[bytes]:
+        data, end, width = self._data, self._end, self._width
+        zero = b"0" * width + b" "
+        starts = [0] if end and data.startswith(zero) else []
+        needle = b"\n" + zero
+        at = data.find(needle, 0, end)
+        while at >= 0:
+            starts.append(at + 1)
+            at = data.find(needle, at + 1, end)
+        return frozenset(data[start + width + 3 : data.find(b"\n", start)] for start in starts)
+
+    def find(self, name: bytes) -> Occurrences:
+        count = self.counts.get(name, 0)
+        if self.zero_names and name in self.zero_names:
+            return Occurrences(count, tuple(i for i, a in enumerate(self.addresses(name), start=1) if a == 0))
+        return _COUNTED[count] if count < 4 else Occurrences(count)  # 4: len(_COUNTED), without a call
+
+    def addresses(self, name: bytes) -> tuple[int, ...]:
+        """Every address of ``name``, in file order: one search through the part (a millisecond or so)."""
+        if name not in self.counts:
+            return ()
+        data, end, width = self._data, self._end, self._width
+        # In a proven line "ADDRESS T NAME\n" the name alone lies between a space and the newline, and the
+        # address starts width + 2 bytes before that space.
+        needle = b" " + name + b"\n"
+        found = []
+        at = data.find(needle, 0, end)
+        while at >= 0:
+            found.append(int(data[at - width - 2 : at - 2], 16))
+            at = data.find(needle, at + len(needle), end)
+        return tuple(found)
+
+
+class _PositionIndex:
+    """vmlinux lines parsed one by one (some were odd): every name's positions and the address column."""
+
+    __slots__ = ("_addresses", "_index")
+
+    def __init__(self, index: _NameIndex, addresses: _Addresses) -> None:
+        self._index = index
+        self._addresses = addresses
+
+    def find(self, name: bytes) -> Occurrences:
+        return Occurrences.of(self.addresses(name))
+
+    def addresses(self, name: bytes) -> tuple[int, ...]:
+        return self._addresses.get(self._index.get(name))
+
+
+_Index = _CountIndex | _PositionIndex
+
+
 @dataclass(frozen=True)
 class _Vmlinux:
-    """The vmlinux part of /proc/kallsyms, indexed."""
+    """What a parse of the vmlinux part found: small, and handed from read to read while the part is unchanged."""
 
-    raw: memoryview  # the part's bytes (a view, not a copy): an identical part on the next read is recognised by them
-    index: _NameIndex
-    addresses: _Addresses
+    length: int  # bytes
     count: int
     kallsyms_all: bool
     addresses_visible: bool
     malformed: int = 0
     first_malformed: tuple[int, str] | None = None  # (line number, text)
-    # Answers already given. The part never changes and is handed from read to read, so the daemon's next
-    # evaluation resolves the same patch symbols with one dict look-up each.
-    answers: dict[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+    # Answers already given. The part never changes while the kernel runs, so the daemon's next evaluation
+    # resolves the same patch symbols with one dict look-up each, and without any index of the part.
+    answers: dict[str, Occurrences] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -210,7 +278,7 @@ def _kallsyms_all(found: int, names: list[bytes], types: bytes) -> int:
     return found
 
 
-def _vmlinux_fast(data: bytes, end: int) -> _Vmlinux | None:
+def _vmlinux_fast(data: bytes, end: int) -> tuple[_Vmlinux, _CountIndex] | None:
     """vmlinux lines ``data[:end]`` block by block; None as soon as one line is odd.
 
     Per block, the layout is proven for all lines at once: the separator bytes must be exactly ``"  \\n"`` per
@@ -219,15 +287,16 @@ def _vmlinux_fast(data: bytes, end: int) -> _Vmlinux | None:
     newlines must have its newlines exactly every width + 1 bytes (the width of the first address, what %px
     prints) and nothing but hex digits besides.
     """
-    index = _NameIndex()
-    buffers: list[bytes] = []
+    counts: Counter[bytes] = Counter()
     width = stride = count = data_symbols = 0
+    visible = False
     start = 0
     while start < end:
         stop = data.find(b"\n", min(start + _BLOCK, end) - 1) + 1  # the part ends with a newline: stop <= end
         block = data[start:stop]
-        lines = block.count(b"\n")
-        if block.translate(None, _NON_WHITESPACE) != _VMLINUX_LINE * lines:
+        separators = block.translate(None, _NON_WHITESPACE)
+        lines = len(separators) // len(_VMLINUX_LINE)
+        if separators != _VMLINUX_LINE * lines:
             return None
         tokens = block.split()
         if len(tokens) != 3 * lines:
@@ -244,15 +313,13 @@ def _vmlinux_fast(data: bytes, end: int) -> _Vmlinux | None:
         names = tokens[2::3]
         if data_symbols < _KALLSYMS_ALL_MIN:
             data_symbols = _kallsyms_all(data_symbols, names, types)
-        index.add(names)
-        buffers.append(addresses)
+        # Hidden addresses: every byte but the separators is "0". strip() stops at the first other byte.
+        visible = visible or bool(addresses.strip(b"0\n"))
+        counts.update(names)
         count += lines
         start = stop
-    buffer = b"\n".join(buffers)
-    # Hidden addresses: every byte but the separators is "0".
-    visible = buffer.count(b"0") + max(count - 1, 0) != len(buffer)
-    column = _Addresses(buffer, width, stride)
-    return _Vmlinux(memoryview(data)[:end], index.finish(), column, count, data_symbols >= _KALLSYMS_ALL_MIN, visible)
+    vmlinux = _Vmlinux(end, count, data_symbols >= _KALLSYMS_ALL_MIN, visible)
+    return vmlinux, _CountIndex(data, end, width, counts, visible)
 
 
 def _lines(raw: bytes) -> list[bytes]:
@@ -262,7 +329,7 @@ def _lines(raw: bytes) -> list[bytes]:
     return lines
 
 
-def _vmlinux_slowly(data: bytes, end: int) -> _Vmlinux:
+def _vmlinux_slowly(data: bytes, end: int) -> tuple[_Vmlinux, _PositionIndex]:
     """Line by line, skipping and counting odd lines. Only used when the fast path's layout proof fails."""
     names: list[bytes] = []
     addresses: list[bytes] = []
@@ -279,16 +346,13 @@ def _vmlinux_slowly(data: bytes, end: int) -> _Vmlinux:
         data_symbols += tokens[1] in _DATA_TYPES and not tokens[2].startswith(_SECTION_MARKERS)
     index = _NameIndex()
     index.add(names)
-    return _Vmlinux(
-        memoryview(data)[:end],
-        index.finish(),
-        _Addresses(tokens=addresses),
-        len(addresses),
-        data_symbols >= _KALLSYMS_ALL_MIN,
-        any(address.strip(b"0") for address in addresses),
-        malformed,
-        first,
-    )
+    visible = any(address.strip(b"0") for address in addresses)
+    vmlinux = _Vmlinux(end, len(addresses), data_symbols >= _KALLSYMS_ALL_MIN, visible, malformed, first)
+    return vmlinux, _PositionIndex(index.finish(), _Addresses(addresses))
+
+
+def _parse_vmlinux(data: bytes, end: int) -> tuple[_Vmlinux, _Index]:
+    return _vmlinux_fast(data, end) or _vmlinux_slowly(data, end)
 
 
 def _objects_fast(block: bytes) -> _Objects | None:
@@ -308,7 +372,7 @@ def _objects_fast(block: bytes) -> _Objects | None:
     stripped = {token: token[1:-1] for token in distinct}  # objects come in runs: few distinct tokens
     objects = [stripped[token] for token in brackets]
     visible = buffer.count(b"0") != len(buffer)
-    return _Objects(_Addresses(tokens=addresses), tokens[2::4], objects, visible)
+    return _Objects(_Addresses(addresses), tokens[2::4], objects, visible)
 
 
 def _objects_slowly(block: bytes) -> _Objects:
@@ -329,7 +393,7 @@ def _objects_slowly(block: bytes) -> _Objects:
         names.append(tokens[2])
         objects.append(bracket[1:-1])
     visible = any(address.strip(b"0") for address in addresses)
-    return _Objects(_Addresses(tokens=addresses), names, objects, visible, malformed, first)
+    return _Objects(_Addresses(addresses), names, objects, visible, malformed, first)
 
 
 def _module_part_start(data: bytes) -> int:
@@ -338,16 +402,48 @@ def _module_part_start(data: bytes) -> int:
     return len(data) if bracket < 0 else data.rfind(b"\n", 0, bracket) + 1
 
 
-def _reuses(previous: Kallsyms, data: bytes) -> bool:
-    """True when ``data`` begins with exactly the previous vmlinux part and its next line names an object."""
-    raw = previous._vmlinux.raw
-    if not data.startswith(raw):
-        return False
-    end = len(raw)
-    if end == len(data):
-        return True
-    next_line_end = data.find(b"\n", end)
-    return data.find(b"[", end, next_line_end if next_line_end >= 0 else len(data)) >= 0
+def _digest(part: memoryview) -> int:
+    """A checksum that tells a re-read's vmlinux part from the previous one's.
+
+    Only the running kernel writes the vmlinux part (module, bpf and ftrace lines come after it), so nobody can
+    craft a collision; what does change it while the kernel runs, addresses turning visible or hidden
+    (kptr_restrict, capabilities), rewrites whole fields, which CRC-32 never misses in practice. It costs a
+    millisecond for a 5 MB part, where blake2b costs 6: the daemon pays it on every module event.
+    """
+    return zlib.crc32(part)
+
+
+class _VmlinuxText:
+    """One read's vmlinux part, its digest and index, each made when first needed."""
+
+    __slots__ = ("_digest", "data", "end", "index_")
+
+    def __init__(self, data: bytes, end: int, index: _Index | None = None, digest: int | None = None) -> None:
+        self.data = data
+        self.end = end
+        self.index_ = index
+        self._digest = digest
+
+    def index(self) -> _Index:
+        if self.index_ is None:
+            self.index_ = _parse_vmlinux(self.data, self.end)[1]
+        return self.index_
+
+    def digest(self) -> int:
+        if self._digest is None:
+            self._digest = _digest(memoryview(self.data)[: self.end])
+        return self._digest
+
+
+@dataclass(frozen=True, eq=False)
+class KallsymsMemo:
+    """What a later read of the same kernel needs from a :class:`Kallsyms`: the vmlinux part's size and digest,
+    what its parse found and the answers already given. A few hundred kilobytes at most, where the Kallsyms it
+    comes from holds the whole file and an index of it: a daemon keeps this between reads.
+    """
+
+    vmlinux: _Vmlinux  # its length and what its parse found
+    digest: int
 
 
 class _ObjectRuns:
@@ -397,6 +493,7 @@ class Kallsyms:
     vmlinux_reused: bool  # the vmlinux part was identical to ``previous``'s and was taken over from it
     problems: tuple[Problem, ...]
     _vmlinux: _Vmlinux = field(repr=False)
+    _text: _VmlinuxText = field(repr=False)
     _runs: _ObjectRuns = field(repr=False)
 
     @property
@@ -407,31 +504,31 @@ class Kallsyms:
     def module_symbols(self) -> int:
         return len(self._runs.part.names)
 
-    def occurrences(self, obj: str, name: str) -> tuple[int, ...]:
-        """Addresses of every ``name`` in object ``obj`` ("vmlinux" or a bracketed name), in /proc/kallsyms order."""
+    def find(self, obj: str, name: str) -> Occurrences:
+        """How often ``name`` occurs in object ``obj`` ("vmlinux" or a bracketed name), and where at address 0:
+        what klp_find_object_symbol() learns (klpd.resolve.lookup_occurrences() decides from it)."""
         if obj == VMLINUX:
             # The hot path of every evaluation (thousands of calls): kept to a few dict look-ups.
             answers = self._vmlinux.answers
             known = answers.get(name)
             if known is None:
-                known = self._vmlinux_occurrences(name)
+                known = (self._text.index_ or self._text.index()).find(name.encode("utf-8", "surrogateescape"))
                 if len(answers) >= _ANSWERS_MAX:  # names come from installed patches; bound them anyway
                     answers.clear()
                 answers[name] = known
             return known
+        return Occurrences.of(self.occurrences(obj, name))
+
+    def occurrences(self, obj: str, name: str) -> tuple[int, ...]:
+        """Addresses of every ``name`` in object ``obj`` ("vmlinux" or a bracketed name), in /proc/kallsyms order."""
+        if obj == VMLINUX:
+            return self._text.index().addresses(_encode(name))
         found = self._runs.index(_encode(obj))
         return () if found is None else self._runs.part.addresses.get(found.get(_encode(name)))
 
-    def _vmlinux_occurrences(self, name: str) -> tuple[int, ...]:
-        # Each call meets a few cache misses (dict slot, key, value, address field): no further calls in the
-        # common case of one occurrence.
-        vmlinux = self._vmlinux
-        found = vmlinux.index.positions.get(name.encode("utf-8", "surrogateescape"))
-        if found is None:
-            return ()
-        if found >= 0:
-            return (vmlinux.addresses[found],)
-        return vmlinux.addresses.get(vmlinux.index.repeated[~found])
+    def memo(self) -> KallsymsMemo:
+        """What a later read needs from this one (pass it as ``previous``); keep it rather than this object."""
+        return KallsymsMemo(self._vmlinux, self._text.digest())
 
     def modules(self) -> frozenset[str]:
         """Every bracketed object: loaded modules and pseudo-objects such as bpf or __builtin__ftrace.
@@ -457,42 +554,57 @@ class Kallsyms:
         )
 
 
-def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | None = None) -> Kallsyms:
+def _take_over(previous: Kallsyms | KallsymsMemo | None, data: bytes, end: int) -> tuple[_Vmlinux, _VmlinuxText] | None:
+    """The previous vmlinux part's findings, if ``data[:end]`` is exactly that part again."""
+    if previous is None:
+        return None
+    memo = previous.memo() if isinstance(previous, Kallsyms) else previous
+    if memo.vmlinux.length != end or memo.digest != _digest(memoryview(data)[:end]):
+        return None
+    # A previous Kallsyms's index describes the same bytes: take it too.
+    index = previous._text.index_ if isinstance(previous, Kallsyms) else None
+    return memo.vmlinux, _VmlinuxText(data, end, index, memo.digest)
+
+
+def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | KallsymsMemo | None = None) -> Kallsyms:
     """Parse the bytes of /proc/kallsyms (``path`` names it in problems). Never raises on odd content.
 
-    With ``previous`` (an earlier read of the same kernel), an unchanged vmlinux part is taken over, index and
-    all, and only the module part is parsed.
+    With ``previous`` (an earlier read of the same kernel, or its memo()), an unchanged vmlinux part is taken over
+    and only the module part is parsed; the vmlinux part is indexed again only if a name the earlier reads were
+    not asked about is asked.
     """
     if data and not data.endswith(b"\n"):
         data += b"\n"  # only hand-made files lack it; the layout proof relies on it
-    reused = previous is not None and _reuses(previous, data)
-    if previous is not None and reused:
-        vmlinux = previous._vmlinux
+    end = _module_part_start(data)
+    taken = _take_over(previous, data, end)
+    if taken is None:
+        vmlinux, index = _parse_vmlinux(data, end)
+        text = _VmlinuxText(data, end, index)
     else:
-        end = _module_part_start(data)
-        vmlinux = _vmlinux_fast(data, end) or _vmlinux_slowly(data, end)
-    block = data[len(vmlinux.raw) :]
+        vmlinux, text = taken
+    block = data[end:]
     objects = _objects_fast(block) or _objects_slowly(block)
     malformed = vmlinux.malformed + objects.malformed
     problems: tuple[Problem, ...] = ()
     if vmlinux.first_malformed is not None:
         problems = (malformed_lines(path, malformed, *vmlinux.first_malformed),)
     elif objects.first_malformed is not None:
-        number, text = objects.first_malformed
-        problems = (malformed_lines(path, malformed, number + data.count(b"\n", 0, len(vmlinux.raw)), text),)
+        number, text_ = objects.first_malformed
+        problems = (malformed_lines(path, malformed, number + data.count(b"\n", 0, end), text_),)
     return Kallsyms(
         path=path,
         addresses_visible=vmlinux.addresses_visible or objects.addresses_visible,
         kallsyms_all=vmlinux.kallsyms_all,
         malformed_lines=malformed,
-        vmlinux_reused=reused,
+        vmlinux_reused=taken is not None,
         problems=problems,
         _vmlinux=vmlinux,
+        _text=text,
         _runs=_ObjectRuns(objects),
     )
 
 
-def read_kallsyms(root: SystemRoot, previous: Kallsyms | None = None) -> Kallsyms:
+def read_kallsyms(root: SystemRoot, previous: Kallsyms | KallsymsMemo | None = None) -> Kallsyms:
     """Read and parse /proc/kallsyms under ``root``; SourceError when it cannot be read."""
     path = root.kallsyms
     host = root.host_path(path)
