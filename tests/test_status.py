@@ -100,7 +100,7 @@ def test_unique_vmlinux_symbol_loads() -> None:
     ("sym", "pos", "expected", "message"),
     [
         ("dup_fn", 0, SymbolStatus.AMBIGUOUS,
-         "livepatch: unresolvable ambiguity for symbol 'dup_fn' in object 'vmlinux'"),
+         "livepatch: unresolvable ambiguity for symbol 'dup_fn' in object '(null)'"),
         ("dup_fn", 3, SymbolStatus.SYMPOS_NOT_FOUND,
          "livepatch: symbol position 3 for symbol 'dup_fn' in object 'vmlinux' not found"),
         ("nonexistent", 0, SymbolStatus.NOT_FOUND, "livepatch: symbol 'nonexistent' not found in symbol table"),
@@ -255,3 +255,17 @@ def test_module_loaded_after_the_patch_is_applied_but_the_order_is_a_hazard() ->
     section = next(o for o in p.objects if o.name == "target_mod").sections[0]
     assert section.state is SectionState.APPLIED  # sysfs says patched: the kernel applied it at module load
     assert "loaded after the patch" in section.reasons[0]
+
+
+def test_same_answer_different_function_is_a_load_order_hazard() -> None:
+    # Full symtab: dup_fn in .text, .init.text, .text. Patch first (full): sympos 2 is the .init.text copy, freed
+    # after init; module first (core): sympos 2 is the second .text copy. Both "ok", different functions (seen on 6.1).
+    symtab = target_symtab(("dup_fn", ".text"), ("dup_fn", ".init.text"), ("dup_fn", ".text"))
+    _, p = evaluate(patch_with(("target_mod", "dup_fn", 2)), system(), {"target_mod": symtab})
+    result = symbol(p, "target_mod", "dup_fn")
+    assert result.status is SymbolStatus.OK and result.occurrences == 3
+    assert result.load_order_dependent
+    _, unique = evaluate(
+        patch_with(("target_mod", "tgt_fn", 1)), system(), {"target_mod": target_symtab(("tgt_fn", ".text"))}
+    )
+    assert not symbol(unique, "target_mod", "tgt_fn").load_order_dependent
