@@ -1,0 +1,116 @@
+"""``klpctl status --direct`` against /sys/kernel/livepatch of a real kernel, with the kernel's own selftest modules:
+stacked patches, atomic replace, a patch of a module loaded later, and a transition held up by a busy kworker.
+"""
+
+import pytest
+from vm import compare
+from vm.harness import session_environment
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def env():
+    return session_environment()
+
+
+@pytest.fixture(scope="module")
+def runs(env):
+    up = env.built.upstream_module
+    return env.run_many({
+        "stacked": f"""
+            step insmod1 insmod {up("test_klp_livepatch")}
+            klp_wait
+            step insmod2 insmod {up("test_klp_atomic_replace")} replace=0
+            klp_wait
+            step status klpctl status --direct --json
+            sysfs_dump sysfs
+        """,
+        "replace": f"""
+            step insmod1 insmod {up("test_klp_livepatch")}
+            klp_wait
+            step insmod2 insmod {up("test_klp_atomic_replace")} replace=1
+            klp_wait
+            step status klpctl status --direct --json
+            sysfs_dump sysfs
+            step modules cat /proc/modules
+        """,
+        "module_object": f"""
+            step insmod insmod {up("test_klp_callbacks_demo")}
+            klp_wait
+            step status_before klpctl status --direct --json
+            sysfs_dump sysfs_before
+            step modprobe modprobe test_klp_callbacks_mod
+            klp_wait
+            step status_after klpctl status --direct --json
+            sysfs_dump sysfs_after
+        """,
+        # test_klp_callbacks_busy block_transition=Y keeps a kworker inside the function the demo patches.
+        "blocked": f"""
+            step modprobe modprobe test_klp_callbacks_busy block_transition=Y
+            step insmod insmod {up("test_klp_callbacks_demo")}
+            sleep 2
+            step status_blocked klpctl status --direct --json
+            sysfs_dump sysfs_blocked
+            echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
+            klp_wait
+            step status_done klpctl status --direct --json
+            sysfs_dump sysfs_done
+        """,
+    })  # fmt: skip
+
+
+def assert_status_matches_sysfs(step_status, step_sysfs):
+    """Every patch sysfs shows is in klpd with the same attributes, and klpd shows no other enabled patch."""
+    assert step_status.rc in (0, 1), step_status.err  # 1: problems found somewhere, still a full answer
+    doc = step_status.json()
+    sysfs = step_sysfs.json()
+    for name, attributes in sysfs.items():
+        assert compare.sysfs_mismatches(compare.patch(doc, name), attributes) == [], name
+    enabled = {p["name"] for p in doc["patches"] if p["enabled"]}
+    assert enabled <= set(sysfs), f"klpd calls {enabled - set(sysfs)} enabled; sysfs has {sorted(sysfs)}"
+    return doc, sysfs
+
+
+def test_stacked_patches(runs):
+    result = runs["stacked"]
+    assert result.step("insmod1").rc == 0 and result.step("insmod2").rc == 0
+    doc, sysfs = assert_status_matches_sysfs(result.step("status"), result.step("sysfs"))
+    assert set(sysfs) == {"test_klp_livepatch", "test_klp_atomic_replace"}
+    for name in sysfs:
+        patch = compare.patch(doc, name)
+        assert patch["loaded"] is True and patch["enabled"] is True and patch["transition"] is False
+
+
+def test_atomic_replace(runs):
+    result = runs["replace"]
+    assert result.step("insmod1").rc == 0 and result.step("insmod2").rc == 0
+    doc, sysfs = assert_status_matches_sysfs(result.step("status"), result.step("sysfs"))
+    # The replaced patch left sysfs, its module stays loaded (it is removable now).
+    assert set(sysfs) == {"test_klp_atomic_replace"}
+    assert "test_klp_livepatch " in result.step("modules").out
+    assert compare.patch(doc, "test_klp_atomic_replace")["enabled"] is True
+    replaced = [p for p in doc["patches"] if p["name"] == "test_klp_livepatch"]
+    assert all(not p["enabled"] for p in replaced), replaced
+
+
+def test_module_object_patched_when_its_module_loads(runs):
+    result = runs["module_object"]
+    assert result.step("insmod").rc == 0 and result.step("modprobe").rc == 0
+    doc, sysfs = assert_status_matches_sysfs(result.step("status_before"), result.step("sysfs_before"))
+    assert sysfs["test_klp_callbacks_demo"]["objects"]["test_klp_callbacks_mod"]["patched"] == "0"
+    assert compare.obj(compare.patch(doc, "test_klp_callbacks_demo"), "test_klp_callbacks_mod")["loaded"] is False
+    doc, sysfs = assert_status_matches_sysfs(result.step("status_after"), result.step("sysfs_after"))
+    assert sysfs["test_klp_callbacks_demo"]["objects"]["test_klp_callbacks_mod"]["patched"] == "1"
+    assert compare.obj(compare.patch(doc, "test_klp_callbacks_demo"), "test_klp_callbacks_mod")["loaded"] is True
+
+
+def test_blocked_transition(runs):
+    result = runs["blocked"]
+    assert result.step("modprobe").rc == 0 and result.step("insmod").rc == 0
+    doc, sysfs = assert_status_matches_sysfs(result.step("status_blocked"), result.step("sysfs_blocked"))
+    assert sysfs["test_klp_callbacks_demo"]["transition"] == "1"
+    assert compare.patch(doc, "test_klp_callbacks_demo")["transition"] is True
+    doc, sysfs = assert_status_matches_sysfs(result.step("status_done"), result.step("sysfs_done"))
+    assert sysfs["test_klp_callbacks_demo"]["transition"] == "0"
+    assert compare.patch(doc, "test_klp_callbacks_demo")["transition"] is False

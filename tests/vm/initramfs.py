@@ -1,0 +1,96 @@
+"""The guest's initramfs: static busybox, the few modules that reach the host's files over virtio-9p, and an init.
+
+The init mounts the host's root read-only (9p tag ``hostroot``) under a tmpfs overlay, gives it the guest's own
+proc, sys, dev, tmp and run, binds the test kernel's ``/lib/modules/<release>`` over the host's, mounts the writable
+results share (9p tag ``results``) at ``/run/klpvm`` and chroots into it to run ``/run/klpvm/script.sh`` with bash,
+in the directory named by ``vm.conf``. The script's stdout goes to the second serial port (ttyS1), its stderr, exit
+status and the guest's dmesg to the results share; then the guest powers off.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+
+from .kernel import run
+
+# What mounting the host root needs, besides what is built in. Their dependencies come from modules.dep.
+BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+
+GUEST_OUT = "/run/klpvm"
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+fail() { echo "klpvm-init: $*" >&2; poweroff -f; }
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+while read -r ko; do insmod "/modules/$ko" || fail "insmod $ko"; done < /modules/order
+P9="trans=virtio,version=9p2000.L,msize=512000"
+mount -t 9p -o "$P9" results /out || fail "mount results share"
+. /out/vm.conf
+mount -t 9p -o "$P9,ro,cache=loose" hostroot /lower || fail "mount host root"
+mount -t tmpfs -o mode=0755 rw /rw
+mkdir /rw/upper /rw/work
+mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "overlay"
+R=/newroot
+mount -t proc proc $R/proc
+mount -t sysfs sys $R/sys
+mount -t devtmpfs dev $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts devpts $R/dev/pts
+mount -t tmpfs tmp $R/tmp
+mount -t tmpfs run $R/run
+mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
+mkdir -p "$R/lib/modules/$KLPVM_RELEASE" "$R@GUEST_OUT@"
+mount --bind "/lower$KLPVM_MODULES" "$R/lib/modules/$KLPVM_RELEASE" || fail "bind modules"
+mount --bind /out "$R@GUEST_OUT@"
+stty -F /dev/ttyS1 raw -echo
+echo klpvm-init: running script >&2
+chroot $R /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 KLPVM_OUT=@GUEST_OUT@ \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    /bin/bash -c 'cd "$1" && exec /bin/bash @GUEST_OUT@/script.sh' klpvm "$KLPVM_CWD" \
+    </dev/null >/dev/ttyS1 2>/out/stderr
+echo $? > /out/rc
+dmesg > /out/dmesg
+sync
+poweroff -f
+""".replace("@GUEST_OUT@", GUEST_OUT)
+
+
+def _newc_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> bytes:
+    """One entry of the "newc" cpio format the kernel unpacks (Documentation/driver-api/early-userspace)."""
+    encoded = name.encode() + b"\0"
+    fields = (0, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+    header = b"070701" + b"".join(b"%08x" % f for f in fields)
+    pad = (-(len(header) + len(encoded))) % 4
+    return header + encoded + b"\0" * pad + data + b"\0" * ((-len(data)) % 4)
+
+
+def boot_modules(tree: Path, release: str) -> list[Path]:
+    """The .ko files to insmod, dependencies first, as ``modprobe --show-depends`` orders them."""
+    base = tree.parents[2]  # tree = base/lib/modules/<release>
+    out = run(["modprobe", "-d", base, "-S", release, "--show-depends", "-a", *BOOT_MODULES])
+    paths = [Path(p) for p in re.findall(r"^insmod (\S+)", out, re.MULTILINE)]
+    return list(dict.fromkeys(paths))
+
+
+def build_initramfs(tree: Path, release: str, busybox: Path, dest: Path) -> Path:
+    """Write the initramfs for ``release`` (modules taken from ``tree``) to ``dest``."""
+    dirs = ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "out", "modules")
+    parts = [_newc_entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    parts.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
+    parts.append(_newc_entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()))
+    parts.append(_newc_entry("init", stat.S_IFREG | 0o755, INIT.encode()))
+    order = []
+    for ko in boot_modules(tree, release):
+        parts.append(_newc_entry(f"modules/{ko.name}", stat.S_IFREG | 0o644, ko.read_bytes()))
+        order.append(ko.name)
+    parts.append(_newc_entry("modules/order", stat.S_IFREG | 0o644, "".join(f"{n}\n" for n in order).encode()))
+    parts.append(_newc_entry("TRAILER!!!", 0))
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(b"".join(parts))
+    tmp.rename(dest)
+    return dest
