@@ -247,3 +247,19 @@ def test_watchdog_pings_when_systemd_asks(tmp_path):
     agent.close()
     assert 4 <= notes.count("WATCHDOG=1") <= 8  # every 0.1 s
     assert notes[-1] == "STOPPING=1"
+
+
+def test_a_client_hanging_up_early_leaves_no_traceback(running, capfd):
+    """Seen in QEMU: `curl -f` drops the connection on a 503; every such request printed a traceback."""
+    import socket as socket_module
+
+    running.status()  # the first evaluation is published
+    for _ in range(5):
+        with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as s:
+            s.connect(str(running.socket))
+            s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: klpd\r\n\r\n")
+            s.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    running.status()  # still answering
+    time.sleep(0.2)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipeError" not in err

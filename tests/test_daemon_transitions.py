@@ -107,3 +107,13 @@ def test_tracker_without_a_log_line_uses_first_seen_and_restarts_on_reversal():
     # Writing 0 to enabled during the transition reverses it: a new transition towards "unpatched".
     (t,) = tracker.update(_status(_patch("p", enabled=False)), now=70.0, root=None)
     assert (t.target, t.since) == ("unpatched", 70.0)
+
+
+def test_a_log_line_read_after_the_evaluation_corrects_first_seen():
+    """Seen on 6.1 in QEMU: the evaluation noticed transition=1 before the log line was read; the kernel's time wins."""
+    tracker = TransitionTracker()
+    (t,) = tracker.update(_status(_patch("p")), now=105.0, root=None)
+    assert t.since_source == "first_seen"
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting patching transition"), 101.5)
+    (t,) = tracker.update(_status(_patch("p")), now=106.0, root=None)
+    assert (t.since, t.since_source) == (101.5, "kernel_log")

@@ -19,6 +19,7 @@ import os
 import socket
 import socketserver
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -81,7 +82,11 @@ class _ApiHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client hung up before reading (curl -f on a 503, a timeout): nothing to tell anyone.
+                log.debug("api: client went away before the reply was written")
         self.close_connection = True
 
     def address_string(self) -> str:
@@ -91,7 +96,19 @@ class _ApiHandler(http.server.BaseHTTPRequestHandler):
         log.debug("api: " + format, *args)
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _QuietErrors:
+    """socketserver prints a traceback to stderr (the journal) for every failed request. A client that hung up
+    (curl -f on a 503, a scrape timeout) is not klpd's error; anything else is logged once, with its traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            log.debug("client went away: %s", exc)
+        else:
+            log.error("request failed", exc_info=True)
+
+
+class _UnixHTTPServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def __init__(self, path: str, get_documents: Callable[[], Documents | None]) -> None:
@@ -194,7 +211,7 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("metrics: " + format, *args)
 
 
-class _MetricsWSGIServer(WSGIServer):
+class _MetricsWSGIServer(_QuietErrors, WSGIServer):
     # One request at a time: a scrape only copies prepared bytes, and a thread per connection made the p99 worse
     # (thread start-up and GIL hand-offs) than any queueing. REQUEST_TIMEOUT bounds a client that stalls.
     allow_reuse_address = True

@@ -210,7 +210,12 @@ class KmsgSource:
             self._last_seq = record.seq
             msg = parse_livepatch_message(record.message)
             if msg is not None:
-                events.append(_event(self.name, msg, now))
+                when = now
+                if self._record_reads:
+                    # The record's own time (microseconds since boot, the kernel's local_clock), so a transition's
+                    # start is when the kernel logged it, not when an evaluation let us read it.
+                    when = min(now, now - (time.monotonic() - record.usec / 1e6))
+                events.append(_event(self.name, msg, when))
         return lost
 
     def close(self) -> None:

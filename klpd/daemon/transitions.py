@@ -172,6 +172,9 @@ class TransitionTracker:
             seen = self._seen.get(msg.patch)
             if seen is not None and seen.target != msg.target:  # reversed: a new transition
                 del self._seen[msg.patch]
+            elif seen is not None and seen.since_source == "first_seen" and when <= seen.since:
+                # An evaluation saw the transition before its log line was read: the kernel's time is the truth.
+                seen.since, seen.since_source = when, "kernel_log"
         elif msg.kind is LivepatchEvent.TRANSITION_COMPLETE and msg.patch:
             self._log_start.pop(msg.patch, None)
             self._seen.pop(msg.patch, None)

@@ -1,0 +1,392 @@
+"""The running daemon (``klpd``) in a real guest: module uevents, a refused module load, a blocked transition.
+
+Each boot starts klpd in the background with its own configuration (``kernel_log = "kmsg"``, ``uevent_source =
+"kernel"``: the guest has no journald or udevd), waits for its socket, then changes the kernel's state and polls
+the daemon's JSON API (``GET /v1/status`` on its socket) until it shows the change, for at most
+``CONVERGE_SECONDS``; the document it converged on (or the last one) and ``/metrics`` at that moment come back to
+the host, which compares them with what the kernel did: the module command's exit status, its messages, sysfs,
+``/proc/<pid>/task/<tid>/patch_state``. One ``klpctl status --socket`` per boot checks the CLI's way in.
+
+- ``uevents``: klpvm_mod_pos1 (a ``.klp.rela.klpvm_target`` patch) loaded, then ``modprobe``/``rmmod`` of its
+  target: the object's loaded flag, its sections and ``klpd_object_loaded`` follow, and the uevents are listed.
+- ``refusal_and_transition``: klpvm_mod_pos4 (a module sympos past the count) loaded, then ``modprobe`` of its
+  target, which the kernel refuses (no uevent: only the kernel log says so); then ``test_klp_callbacks_busy
+  block_transition=Y`` + test_klp_callbacks_demo, a transition a kworker blocks until the parameter is cleared.
+"""
+
+import json
+import re
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from vm.harness import KLPCTL, session_environment
+
+pytestmark = pytest.mark.vm
+
+KLPD = KLPCTL.parent / "klpd"
+TARGET = "klpvm_target"
+CONVERGE_SECONDS = 20
+SOCKET = "/tmp/klpd-vm/klpd.sock"
+PORT = 9816
+
+# Starts klpd and defines klpd_until. Sourced after guest.sh, so $KLPVM_OUT and step are there.
+DAEMON = rf"""
+ip link set lo up  # the guest's loopback starts down; /metrics listens on it
+KLPD_DIR=$(mktemp -d /tmp/klpd-conf.XXXXXX)
+mkdir -p {SOCKET.rsplit("/", 1)[0]}
+cat > "$KLPD_DIR/klpd.toml" <<EOF
+listen = "127.0.0.1:{PORT}"
+socket = "{SOCKET}"
+kernel_log = "kmsg"
+uevent_source = "kernel"
+log_level = "debug"
+EOF
+{KLPD} --root / --config "$KLPD_DIR/klpd.toml" 2> "$KLPVM_OUT/klpd.log" &
+KLPD_PID=$!
+klpd_get() {{ curl -sf --max-time 5 --unix-socket {SOCKET} "http://klpd$1"; }}
+t0=$(date +%s.%N)
+for i in $(seq 300); do
+    klpd_get /v1/health > /dev/null && break
+    kill -0 $KLPD_PID 2> /dev/null || break
+    sleep 0.2
+done
+echo "$t0 $(date +%s.%N)" > "$KLPVM_OUT/ready.wait"
+
+# klpd_until NAME JQ-FILTER: poll the daemon's status until the filter holds, {CONVERGE_SECONDS} s at most; keep the
+# last document as NAME.json, /metrics as NAME.prom, and when the wait started and ended as NAME.wait.
+klpd_until() {{
+    local name=$1 filter=$2 start end
+    start=$(date +%s.%N)
+    end=$((SECONDS + {CONVERGE_SECONDS}))
+    while :; do
+        klpd_get /v1/status > "$KLPVM_OUT/$name.json" && jq -e "$filter" "$KLPVM_OUT/$name.json" > /dev/null && break
+        ((SECONDS < end)) || break
+        sleep 0.2
+    done
+    curl -sf --max-time 5 http://127.0.0.1:{PORT}/metrics > "$KLPVM_OUT/$name.prom"
+    echo "$start $(date +%s.%N)" > "$KLPVM_OUT/$name.wait"
+}}
+
+# klpd_stop: SIGTERM, and klpd's exit status as stop.rc (a clean stop is 0).
+klpd_stop() {{
+    kill -TERM $KLPD_PID
+    wait $KLPD_PID
+    echo $? > "$KLPVM_OUT/stop.rc"
+}}
+
+# tasks NAME: every task whose patch_state is not -1, as "pid tid state comm": the kernel's own view. Builtins
+# only: a fork per task costs a second under TCG.
+tasks() {{
+    local f t p s comm
+    for f in /proc/[0-9]*/task/[0-9]*/patch_state; do
+        read -r s < "$f" 2> /dev/null || continue
+        [ "$s" = -1 ] && continue
+        t=${{f%/patch_state}}
+        p=${{t#/proc/}}
+        read -r comm < "$t/comm" 2> /dev/null
+        echo "${{p%%/*}} ${{t##*/}} $s $comm"
+    done > "$KLPVM_OUT/$1.out"
+}}
+"""
+
+
+def jq_patch(name):
+    return f'.patches[] | select(.name == "{name}")'
+
+
+def jq_object(patch, obj):
+    return f'{jq_patch(patch)} | .objects[] | select(.name == "{obj}")'
+
+
+def jq_event(kind, subject, source="kernel"):
+    return f'any(.daemon.events[]; .source == "{source}" and .kind == "{kind}" and .subject == "{subject}")'
+
+
+@pytest.fixture(scope="module")
+def env():
+    return session_environment()
+
+
+@pytest.fixture(scope="module")
+def runs(env):
+    return env.run_many(scripts(env))
+
+
+def scripts(env):
+    up = env.built.upstream_module
+    demo = "test_klp_callbacks_demo"
+    busy = "test_klp_callbacks_busy"
+    return {
+        "uevents": f"""
+            P=$(install_patch {env.built.patch("klpvm_mod_pos1")})
+            step insmod insmod $P
+            klp_wait
+            {DAEMON}
+            klpd_until before '[{jq_object("klpvm_mod_pos1", TARGET)} | .loaded == false] == [true]'
+            step modprobe modprobe {TARGET}
+            klp_wait
+            klpd_until loaded '[{jq_object("klpvm_mod_pos1", TARGET)} | .loaded and .patched
+                and all(.sections[]; .state == "applied")] == [true] and {jq_event("add", TARGET)}'
+            step patched_loaded cat /sys/kernel/livepatch/klpvm_mod_pos1/{TARGET}/patched
+            step rmmod rmmod {TARGET}
+            klpd_until removed '[{jq_object("klpvm_mod_pos1", TARGET)} | .loaded == false] == [true]
+                and {jq_event("remove", TARGET)}'
+            step patched_removed cat /sys/kernel/livepatch/klpvm_mod_pos1/{TARGET}/patched
+            step klpctl klpctl status --socket {SOCKET} --json
+            klpd_stop
+        """,
+        "refusal_and_transition": f"""
+            P=$(install_patch {env.built.patch("klpvm_mod_pos4")})
+            step insmod insmod $P
+            klp_wait
+            {DAEMON}
+            klpd_until before '[{jq_object("klpvm_mod_pos4", TARGET)} | .loaded == false] == [true]'
+            step modprobe modprobe {TARGET}
+            klpd_until refused 'any(.daemon.refusals[]; .patch == "klpvm_mod_pos4" and .module == "{TARGET}")'
+            step modules_refused cat /proc/modules
+
+            step modprobe_busy modprobe {busy} block_transition=Y
+            date +%s.%N > $KLPVM_OUT/insmod_demo.time
+            step insmod_demo insmod {up(demo)}
+            date +%s.%N >> $KLPVM_OUT/insmod_demo.time
+            klpd_until blocked 'any(.daemon.transitions[]; .patch == "{demo}" and (.blocking_tasks | length) > 0)'
+            step transition_blocked cat /sys/kernel/livepatch/{demo}/transition
+            tasks tasks_blocked
+            for pid in $(jq -r '.daemon.transitions[].blocking_tasks[].tid' $KLPVM_OUT/blocked.json); do
+                echo "== $pid"; cat /proc/$pid/stack
+            done > $KLPVM_OUT/stacks.out 2>&1
+            echo 0 > /sys/module/{busy}/parameters/block_transition
+            step klp_wait klp_wait
+            step transition_done cat /sys/kernel/livepatch/{demo}/transition
+            tasks tasks_done
+            klpd_until done '.daemon.transitions == [] and [{jq_patch(demo)} | .transition] == [false]'
+            step klpctl klpctl status --socket {SOCKET} --json
+            klpd_stop
+        """,
+    }
+
+
+class Snapshot:
+    """What klpd_until brought back: the status document, the metrics, and how long the daemon took."""
+
+    def __init__(self, result, name):
+        self.name = name
+        self.doc = _json(result, f"{name}.json")
+        self.metrics = parse_metrics(result.text(f"{name}.prom"))
+        start, end = map(float, result.text(f"{name}.wait").split())
+        self.start, self.end = start, end
+        self.seconds = end - start
+        self.log = result.files.get("klpd.log", b"").decode(errors="replace")
+
+    @property
+    def daemon(self):
+        return self.doc["daemon"]
+
+    def patch(self, name):
+        found = [p for p in self.doc["patches"] if p["name"] == name]
+        assert len(found) == 1, f"{self.name}: klpd lists {[p['name'] for p in self.doc['patches']]}"
+        return found[0]
+
+    def obj(self, patch, name):
+        found = [o for o in self.patch(patch)["objects"] if o["name"] == name]
+        names = [o["name"] for o in self.patch(patch)["objects"]]
+        assert len(found) == 1, f"{self.name}: patch {patch} objects {names}"
+        return found[0]
+
+    def metric(self, name, **labels):
+        """The sample's value, or None when klpd does not export it."""
+        return self.metrics.get((name, frozenset(labels.items())))
+
+    def events(self, source=None):
+        return [(e["source"], e["kind"], e["subject"]) for e in self.daemon["events"] if source in (None, e["source"])]
+
+    def converged(self, condition, what):
+        assert condition, (
+            f"klpd did not show {what} within {CONVERGE_SECONDS} s ({self.name}, waited {self.seconds:.1f} s)\n"
+            f"daemon: {self.daemon}\n--- klpd log (tail) ---\n{self.log[-4000:]}"
+        )
+
+
+def _json(result, name):
+    text = result.files.get(name, b"").decode(errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        log = result.files.get("klpd.log", b"").decode(errors="replace")
+        raise AssertionError(f"{name} is not klpd's JSON: {text[:500]!r}\n--- klpd log ---\n{log[-4000:]}") from None
+
+
+def parse_metrics(text):
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def daemon_started(result):
+    start, end = map(float, result.text("ready.wait").split())
+    assert "klpd.log" in result.files
+    log = result.text("klpd.log")
+    assert re.search(r"klpd \S+ starting", log), log[-3000:]
+    return end - start
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_daemon_follows_module_uevents(runs):
+    result = runs["uevents"]
+    daemon_started(result)
+    assert result.step("insmod").rc == 0, result.step("insmod").err
+    patch = "klpvm_mod_pos1"
+
+    before = Snapshot(result, "before")
+    before.converged(before.obj(patch, TARGET)["loaded"] is False, f"{TARGET} absent")
+    assert {s["state"] for s in before.obj(patch, TARGET)["sections"]} == {"pending"}
+    assert before.metric("klpd_object_loaded", patch=patch, object=TARGET) == 0
+    assert before.metric("klpd_sections", patch=patch, object=TARGET, state="pending") >= 1
+    assert before.daemon["sources"]["kernel"]["up"] is True and before.daemon["sources"]["kmsg"]["up"] is True
+
+    # The kernel: the target loads and its object is patched.
+    modprobe = result.step("modprobe")
+    assert modprobe.rc == 0, modprobe.err + "\n".join(modprobe.dmesg)
+    assert result.step("patched_loaded").out.strip() == "1"
+    loaded = Snapshot(result, "loaded")
+    target = loaded.obj(patch, TARGET)
+    loaded.converged(target["loaded"] is True and ("kernel", "add", TARGET) in loaded.events(), f"{TARGET} loaded")
+    assert target["patched"] is True
+    assert {s["state"] for s in target["sections"]} == {"applied"}, target["sections"]
+    assert loaded.metric("klpd_object_loaded", patch=patch, object=TARGET) == 1
+    assert loaded.metric("klpd_object_patched", patch=patch, object=TARGET) == 1
+    assert loaded.metric("klpd_sections", patch=patch, object=TARGET, state="applied") >= 1
+    assert not loaded.metric("klpd_sections", patch=patch, object=TARGET, state="pending")
+    # Exactly one uevent per module load; the kernel log's "applying patch" came with it.
+    assert loaded.events("kernel").count(("kernel", "add", TARGET)) == 1, loaded.events()
+    assert ("kmsg", "applying", patch) in loaded.events(), loaded.events()
+    assert loaded.metric("klpd_events_total", source="kernel") > before.metric("klpd_events_total", source="kernel")
+
+    # The kernel: the target goes, the patch stays with its object unpatched.
+    assert result.step("rmmod").rc == 0, result.step("rmmod").err
+    assert result.step("patched_removed").out.strip() == "0"
+    removed = Snapshot(result, "removed")
+    target = removed.obj(patch, TARGET)
+    removed.converged(
+        target["loaded"] is False and ("kernel", "remove", TARGET) in removed.events(), f"{TARGET} removed"
+    )
+    assert target["patched"] is False
+    assert {s["state"] for s in target["sections"]} == {"pending"}, target["sections"]
+    assert removed.metric("klpd_object_loaded", patch=patch, object=TARGET) == 0
+    assert removed.metric("klpd_object_patched", patch=patch, object=TARGET) == 0
+    assert (
+        removed.metric("klpd_events_total", source="kernel") >= before.metric("klpd_events_total", source="kernel") + 2
+    )
+    assert removed.daemon["refusals"] == []
+
+    # klpctl asks the daemon: the same document, the daemon's part included.
+    klpctl = result.step("klpctl")
+    assert klpctl.rc in (0, 1), klpctl.err
+    doc = klpctl.json()
+    assert doc["source"] == "daemon" and doc["daemon"]["pid"] == removed.daemon["pid"]
+    assert [o["loaded"] for p in doc["patches"] if p["name"] == patch for o in p["objects"] if o["name"] == TARGET] == [
+        False
+    ]
+    assert result.text("stop.rc").strip() == "0", result.text("klpd.log")[-3000:]
+
+
+def test_daemon_reports_refused_module_load(runs):
+    result = runs["refusal_and_transition"]
+    daemon_started(result)
+    patch = "klpvm_mod_pos4"
+    assert result.step("insmod").rc == 0, result.step("insmod").err
+    before = Snapshot(result, "before")
+    before.converged(before.obj(patch, TARGET)["loaded"] is False, f"{patch} loaded, {TARGET} absent")
+    assert before.obj(patch, TARGET)["module_load"] == "refused"  # predicted before anyone tried
+    refusals_before = before.metric("klpd_module_load_refusals_total", patch=patch, object=TARGET) or 0
+
+    # The kernel refused the target and said why in its log; no module appeared, so no uevent.
+    modprobe = result.step("modprobe")
+    assert modprobe.rc != 0
+    kernel_said = f"livepatch: patch '{patch}' failed for module '{TARGET}', refusing to load module '{TARGET}'"
+    assert kernel_said in modprobe.dmesg, modprobe.dmesg
+    assert not re.search(rf"^{TARGET} ", result.step("modules_refused").out, re.MULTILINE)
+
+    refused = Snapshot(result, "refused")
+    matching = [r for r in refused.daemon["refusals"] if (r["patch"], r["module"]) == (patch, TARGET)]
+    refused.converged(matching, f"the refusal of {TARGET}")
+    assert len(matching) == 1, refused.daemon["refusals"]
+    assert matching[0]["message"] == kernel_said
+    assert before.start - 1 <= matching[0]["time"] <= refused.end + 1
+    counts = {(c["patch"], c["module"]): c["count"] for c in refused.daemon["refusal_counts"]}
+    assert counts == {(patch, TARGET): 1}
+    assert refused.metric("klpd_module_load_refusals_total", patch=patch, object=TARGET) == refusals_before + 1
+    assert ("kmsg", "module_load_refused", TARGET) in refused.events(), refused.events()
+    assert not [e for e in refused.events("kernel") if e[2] == TARGET], refused.events()
+    # Still not loaded, still predicted to fail.
+    assert refused.obj(patch, TARGET)["loaded"] is False
+    assert refused.obj(patch, TARGET)["module_load"] == "refused"
+
+
+def test_daemon_reports_blocked_transition(runs):
+    result = runs["refusal_and_transition"]
+    demo = "test_klp_callbacks_demo"
+    assert result.step("modprobe_busy").rc == 0, result.step("modprobe_busy").err
+    assert result.step("insmod_demo").rc == 0, result.step("insmod_demo").err
+    insmod_start, insmod_end = map(float, result.text("insmod_demo.time").split())
+
+    # The kernel: the transition is running, and these tasks are still unpatched.
+    assert result.step("transition_blocked").out.strip() == "1"
+    unpatched = {}
+    for line in result.text("tasks_blocked.out").splitlines():
+        pid, tid, state, comm = line.split(" ", 3)
+        if state == "0":
+            unpatched[int(tid)] = (int(pid), comm)
+    assert any(comm.startswith("kworker") for _, comm in unpatched.values()), unpatched
+
+    blocked = Snapshot(result, "blocked")
+    transitions = [t for t in blocked.daemon["transitions"] if t["patch"] == demo]
+    blocked.converged(transitions and transitions[0]["blocking_tasks"], f"{demo}'s transition and its blocking task")
+    [transition] = transitions
+    assert transition["target"] == "patched"
+    # Since: when the kernel started it (during the insmod), as klpd read it in the kernel log or first saw it in
+    # sysfs — a few seconds late at most, never before.
+    assert insmod_start <= transition["since"] <= insmod_end + 5, (insmod_start, insmod_end, transition)
+    assert blocked.patch(demo)["transition"] is True
+    # The blocking tasks klpd names are the kernel's (unpatched kworkers); every one it lists is in the kernel's.
+    tasks = transition["blocking_tasks"]
+    assert any(t["comm"].startswith("kworker") for t in tasks), tasks
+    for t in tasks:
+        assert t["patch_state"] == 0, t
+        assert unpatched.get(t["tid"]) == (t["pid"], t["comm"]), (t, unpatched)
+    assert transition["blocking_count"] == len(tasks)
+    stacks = result.text("stacks.out")
+    assert "busymod_work_func" in stacks, stacks
+    assert blocked.metric("klpd_transition_blocking_tasks", patch=demo) == len(tasks)
+    assert blocked.metric("klpd_patch_state", patch=demo, state="transition") == 1
+    assert blocked.metric("klpd_transition_start_time_seconds", patch=demo) == pytest.approx(transition["since"])
+
+    # Released: the kernel finishes, klpd drops the transition.
+    assert result.step("klp_wait").rc == 0
+    assert result.step("transition_done").out.strip() == "0"
+    assert not [line for line in result.text("tasks_done.out").splitlines() if line.split(" ")[2] == "0"]
+    done = Snapshot(result, "done")
+    done.converged(done.daemon["transitions"] == [] and done.patch(demo)["transition"] is False, "no transition")
+    assert done.patch(demo)["enabled"] is True
+    assert done.metric("klpd_patch_state", patch=demo, state="enabled") == 1
+    assert done.metric("klpd_patch_state", patch=demo, state="transition") == 0
+    assert done.metric("klpd_transition_blocking_tasks", patch=demo) is None
+    assert done.metric("klpd_transition_start_time_seconds", patch=demo) is None
+
+    klpctl = result.step("klpctl")
+    assert klpctl.rc in (0, 1), klpctl.err
+    doc = klpctl.json()
+    assert doc["source"] == "daemon" and doc["daemon"]["transitions"] == []
+    assert result.text("stop.rc").strip() == "0", result.text("klpd.log")[-3000:]
+
+
+def test_daemon_log_has_no_tracebacks(runs):
+    """klpd's log (the journal, under systemd) holds messages, not Python tracebacks: here the API was polled with
+    ``curl -f``, which hangs up on an HTTP error status before reading the body (503 while klpd starts)."""
+    for name in ("uevents", "refusal_and_transition"):
+        log = runs[name].text("klpd.log")
+        assert "Traceback" not in log, f"{name}: klpd logged a traceback:\n{log[log.index('Traceback') - 300 :][:2500]}"
