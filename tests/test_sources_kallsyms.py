@@ -426,3 +426,179 @@ def test_memo_keeps_no_copy_of_the_file():
     data = text(vmlinux=[(BASE + i, "t", f"function_{i}") for i in range(2000)])
     memo = parse(data).memo()
     assert len(pickle.dumps(memo)) < len(data) // 20
+
+
+# The cold read goes through a `cat` child and parses the vmlinux part as it arrives (_read_through_cat): it must
+# give exactly what a direct read and parse_kallsyms() give, whatever the content and however the pipe cuts it.
+
+
+def everything(k, names):
+    """All a user of a Kallsyms can observe, for the given names."""
+    memo = k.memo()
+    return (
+        answers(k, names),
+        [k.find("vmlinux", n) for n in names],
+        {m: [k.find(m, n) for n in names] for m in k.modules()},
+        {m: k.klp_symbols(m) for m in k.modules()},
+        k.path,
+        k.malformed_lines,
+        k.problems,
+        k.vmlinux_symbols,
+        k.module_symbols,
+        k.vmlinux_reused,
+        memo.vmlinux,
+        memo.digest,
+    )
+
+
+def through_cat(root):
+    k = kallsyms_module._read_through_cat(root.kallsyms, root.host_path(root.kallsyms))
+    assert k is not None, "cat could not be used"
+    return k
+
+
+ODD = (
+    text()
+    + b"ffffffffc0009000 t lonely\n"
+    + b"ffffffffc0009010 t y [\n"
+    + kallsyms_line(0xFFFFFFFFC0009020, "t", "cleanup", "ext4").encode()
+)
+CAT_CASES = {
+    "plain": text(),
+    "hidden": text(hide=True),
+    "no modules": text(modules=[]),
+    "only modules": text(vmlinux=[]),
+    "empty": b"",
+    "odd vmlinux lines": b"".join(
+        line.encode()
+        for line in [
+            kallsyms_line(BASE, "T", "_stext"),
+            "ffffffff81000010 T\n",
+            "zzzzffff81000020 T bad_hex\n",
+            "\n",
+            kallsyms_line(BASE + 0x40, "t", "cleanup"),
+            "ffffffff81000050 t name extra words\n",
+            kallsyms_line(0xFFFFFFFFC0000000, "t", "x", "mod"),
+            "ffffffffc0000020 t z\t[]\n",
+        ]
+    ),
+    "odd module lines": ODD,
+    "bracket in a vmlinux line": b"ffffffff81000000 T a\nffffffff81000010 T b[1]\n" + text(vmlinux=[]),
+    "zero address": text([*VMLINUX, (0, "t", "cleanup")]),
+    "no final newline": text(modules=[]).rstrip(b"\n"),
+    "no final newline after modules": text().rstrip(b"\n"),
+    "many blocks": text([(BASE + i * 16, "t", f"f{i % 37}") for i in range(3000)], MODULES),
+}
+
+
+@pytest.mark.parametrize("pipe_size", [61, 1 << 20])
+@pytest.mark.parametrize("case", list(CAT_CASES))
+def test_read_through_cat_is_exactly_the_direct_read(tmp_path, monkeypatch, case, pipe_size):
+    # a pipe read this small cuts lines, and the first module line, anywhere; a tiny block size cuts them again
+    monkeypatch.setattr(kallsyms_module, "_PIPE_SIZE", pipe_size)
+    monkeypatch.setattr(kallsyms_module, "_BLOCK", 200)
+    data = CAT_CASES[case]
+    fx = FixtureRoot(tmp_path)
+    fx.write("/proc/kallsyms", data)
+    names = [*NAMES, "f5", "f36", "bad_hex", "x", "a", "b[1]", "lonely", "y"]
+    direct = parse(data)
+    k = through_cat(fx.root)
+    assert everything(k, names) == everything(direct, names)
+    assert everything(read_kallsyms(fx.root), names) == everything(direct, names)
+    # what a later read takes over from it is the same too
+    more = data + kallsyms_line(0xFFFFFFFFC0009000, "t", "cleanup", "xfs").encode()
+    assert everything(parse(more, previous=k), names) == everything(parse(more, previous=direct), names)
+
+
+@pytest.mark.skipif(not LIVE.exists(), reason="no /proc/kallsyms on this host")
+def test_live_read_through_cat_is_exactly_the_direct_read():
+    root = SystemRoot.at("/")
+    k = through_cat(root)
+    data = LIVE.read_bytes()
+    direct = parse(data)
+    lines = data.splitlines()
+    names = [line.split()[2].decode() for line in lines[:: max(1, len(lines) // 500)]] + NAMES
+    assert k._text.data == data  # the same bytes (no module came or went in between)
+    assert everything(k, names) == everything(direct, names)
+    assert k.vmlinux_symbols > 1000 and k.malformed_lines == 0
+
+
+def fake_cat(tmp_path, script):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cat = bin_dir / "cat"
+    cat.write_text("#!/bin/sh\n" + script)
+    cat.chmod(0o755)
+    return str(bin_dir)
+
+
+def test_cat_failing_falls_back_to_the_direct_read(tmp_path, monkeypatch, caplog):
+    fx = FixtureRoot(tmp_path)
+    fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
+    # a cat that writes a plausible but wrong file and then fails: its output must not be used
+    script = "printf 'ffffffff81000000 T bogus\\n'\nexit 3\n"
+    monkeypatch.setattr(kallsyms_module, "_CAT_PATH", fake_cat(tmp_path, script))
+    with caplog.at_level("DEBUG", logger="klpd.sources.kallsyms"):
+        k = read_kallsyms(fx.root)
+    assert k.occurrences("vmlinux", "bogus") == ()
+    assert everything(k, NAMES) == everything(parse(text()), NAMES)
+    assert "exited with 3" in caplog.text
+
+
+def test_cat_killed_by_a_signal_falls_back(tmp_path, monkeypatch):
+    fx = FixtureRoot(tmp_path)
+    fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
+    script = "printf 'ffffffff81000000 T bogus'\nkill -9 $$\n"
+    monkeypatch.setattr(kallsyms_module, "_CAT_PATH", fake_cat(tmp_path, script))
+    assert everything(read_kallsyms(fx.root), NAMES) == everything(parse(text()), NAMES)
+
+
+def test_no_cat_falls_back_to_the_direct_read(tmp_path, monkeypatch, caplog):
+    fx = FixtureRoot(tmp_path)
+    fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
+    monkeypatch.setattr(kallsyms_module, "_CAT_PATH", str(tmp_path / "nowhere"))
+    with caplog.at_level("DEBUG", logger="klpd.sources.kallsyms"):
+        k = read_kallsyms(fx.root)
+    assert everything(k, NAMES) == everything(parse(text()), NAMES)
+    assert "no cat" in caplog.text
+
+
+def test_cat_that_cannot_be_spawned_falls_back(tmp_path, monkeypatch):
+    fx = FixtureRoot(tmp_path)
+    fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")  # what seccomp or an LSM gives
+
+    monkeypatch.setattr(kallsyms_module.subprocess, "Popen", denied)
+    assert everything(read_kallsyms(fx.root), NAMES) == everything(parse(text()), NAMES)
+    with pytest.raises(SourceError):
+        read_kallsyms(FixtureRoot(tmp_path / "empty").root)
+
+
+def test_reread_with_previous_does_not_spawn_cat(tmp_path, monkeypatch):
+    fx = FixtureRoot(tmp_path)
+    fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
+    first = read_kallsyms(fx.root)
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("cat spawned for a re-read")
+
+    monkeypatch.setattr(kallsyms_module.subprocess, "Popen", unexpected)
+    assert read_kallsyms(fx.root, previous=first).vmlinux_reused
+    assert read_kallsyms(fx.root, previous=first.memo()).vmlinux_reused
+
+
+@pytest.mark.parametrize("case", ["plain", "hidden", "only modules", "bracket in a vmlinux line", "many blocks"])
+def test_well_formed_files_are_parsed_as_they_arrive(tmp_path, monkeypatch, case):
+    # lines cut by the pipe must be put together again, not sent to the careful whole-file parse
+    monkeypatch.setattr(kallsyms_module, "_PIPE_SIZE", 61)
+    fx = FixtureRoot(tmp_path)
+    fx.write("/proc/kallsyms", CAT_CASES[case])
+    direct = parse(CAT_CASES[case])
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("fell back to parsing the whole file")
+
+    monkeypatch.setattr(kallsyms_module, "parse_kallsyms", whole_file)
+    assert everything(through_cat(fx.root), NAMES) == everything(direct, NAMES)

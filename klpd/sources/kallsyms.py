@@ -23,12 +23,20 @@ The file is large (100k+ lines) and the daemon re-reads it on every module event
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import re
+import shutil
+import signal
+import subprocess
 import zlib
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import compress, groupby
 from operator import is_not
+from pathlib import Path
 
 from klpd.errors import SourceError
 from klpd.model import Problem
@@ -38,6 +46,8 @@ from klpd.root import SystemRoot
 from klpd.sources.result import malformed_lines, os_reason
 
 VMLINUX = "vmlinux"
+
+log = logging.getLogger(__name__)
 
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _HEX_DIGITS_NEWLINE = _HEX_DIGITS + b"\n"
@@ -59,6 +69,11 @@ _KLP_SYM_PREFIX = KLP_SYM_PREFIX.encode()
 # memory reused by the next block, large enough that the per-block Python overhead does not show.
 _BLOCK = 1 << 17
 _ANSWERS_MAX = 1 << 16
+# Where the cold read looks for cat: fixed directories, not $PATH (the daemon runs as root).
+_CAT_PATH = "/usr/bin:/bin"
+# Pipe capacity asked for, and the most read at once: the default is 64 KiB; 1 MiB is what fs.pipe-max-size
+# allows unprivileged processes by default.
+_PIPE_SIZE = 1 << 20
 
 
 def _encode(name: str) -> bytes:
@@ -278,8 +293,8 @@ def _kallsyms_all(found: int, names: list[bytes], types: bytes) -> int:
     return found
 
 
-def _vmlinux_fast(data: bytes, end: int) -> tuple[_Vmlinux, _CountIndex] | None:
-    """vmlinux lines ``data[:end]`` block by block; None as soon as one line is odd.
+class _FastVmlinux:
+    """The fast vmlinux parse, fed whole lines in any number of pieces: the same findings however they are cut.
 
     Per block, the layout is proven for all lines at once: the separator bytes must be exactly ``"  \\n"`` per
     line, and there must be exactly three tokens per line — so every gap holds exactly one token (a token holds no
@@ -287,39 +302,56 @@ def _vmlinux_fast(data: bytes, end: int) -> tuple[_Vmlinux, _CountIndex] | None:
     newlines must have its newlines exactly every width + 1 bytes (the width of the first address, what %px
     prints) and nothing but hex digits besides.
     """
-    counts: Counter[bytes] = Counter()
-    width = stride = count = data_symbols = 0
-    visible = False
-    start = 0
-    while start < end:
-        stop = data.find(b"\n", min(start + _BLOCK, end) - 1) + 1  # the part ends with a newline: stop <= end
-        block = data[start:stop]
-        separators = block.translate(None, _NON_WHITESPACE)
-        lines = len(separators) // len(_VMLINUX_LINE)
-        if separators != _VMLINUX_LINE * lines:
-            return None
-        tokens = block.split()
-        if len(tokens) != 3 * lines:
-            return None
-        if not width:
-            width = len(tokens[0])
-            stride = width + 1
-        addresses = b"\n".join(tokens[0::3])
-        types = b"".join(tokens[1::3])
-        if len(types) != lines or len(addresses) != stride * lines - 1:
-            return None
-        if addresses[width::stride] != b"\n" * (lines - 1) or addresses.translate(None, _HEX_DIGITS_NEWLINE):
-            return None
-        names = tokens[2::3]
-        if data_symbols < _KALLSYMS_ALL_MIN:
-            data_symbols = _kallsyms_all(data_symbols, names, types)
-        # Hidden addresses: every byte but the separators is "0". strip() stops at the first other byte.
-        visible = visible or bool(addresses.strip(b"0\n"))
-        counts.update(names)
-        count += lines
-        start = stop
-    vmlinux = _Vmlinux(end, count, data_symbols >= _KALLSYMS_ALL_MIN, visible)
-    return vmlinux, _CountIndex(data, end, width, counts, visible)
+
+    __slots__ = ("count", "counts", "data_symbols", "stride", "visible", "width")
+
+    def __init__(self) -> None:
+        self.counts: Counter[bytes] = Counter()
+        self.width = self.stride = self.count = self.data_symbols = 0
+        self.visible = False
+
+    def add(self, data: bytes, start: int, end: int) -> bool:
+        """Parse the lines ``data[start:end]`` (ending with a newline); False as soon as one line is odd."""
+        while start < end:
+            stop = data.find(b"\n", min(start + _BLOCK, end) - 1) + 1  # the lines end with a newline: stop <= end
+            block = data[start:stop]
+            separators = block.translate(None, _NON_WHITESPACE)
+            lines = len(separators) // len(_VMLINUX_LINE)
+            if separators != _VMLINUX_LINE * lines:
+                return False
+            tokens = block.split()
+            if len(tokens) != 3 * lines:
+                return False
+            if not self.width:
+                self.width = len(tokens[0])
+                self.stride = self.width + 1
+            width, stride = self.width, self.stride
+            addresses = b"\n".join(tokens[0::3])
+            types = b"".join(tokens[1::3])
+            if len(types) != lines or len(addresses) != stride * lines - 1:
+                return False
+            if addresses[width::stride] != b"\n" * (lines - 1) or addresses.translate(None, _HEX_DIGITS_NEWLINE):
+                return False
+            names = tokens[2::3]
+            if self.data_symbols < _KALLSYMS_ALL_MIN:
+                self.data_symbols = _kallsyms_all(self.data_symbols, names, types)
+            # Hidden addresses: every byte but the separators is "0". strip() stops at the first other byte.
+            self.visible = self.visible or bool(addresses.strip(b"0\n"))
+            self.counts.update(names)
+            self.count += lines
+            start = stop
+        return True
+
+    def finish(self, data: bytes, end: int) -> tuple[_Vmlinux, _CountIndex]:
+        """What the lines added found; ``data[:end]`` must be exactly those lines."""
+        vmlinux = _Vmlinux(end, self.count, self.data_symbols >= _KALLSYMS_ALL_MIN, self.visible)
+        return vmlinux, _CountIndex(data, end, self.width, self.counts, self.visible)
+
+
+def _vmlinux_fast(data: bytes, end: int) -> tuple[_Vmlinux, _CountIndex] | None:
+    """vmlinux lines ``data[:end]`` block by block; None as soon as one line is odd."""
+    parser = _FastVmlinux()
+    return parser.finish(data, end) if parser.add(data, 0, end) else None
 
 
 def _lines(raw: bytes) -> list[bytes]:
@@ -579,9 +611,12 @@ def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | KallsymsMemo | N
     taken = _take_over(previous, data, end)
     if taken is None:
         vmlinux, index = _parse_vmlinux(data, end)
-        text = _VmlinuxText(data, end, index)
-    else:
-        vmlinux, text = taken
+        return _assemble(data, path, end, vmlinux, _VmlinuxText(data, end, index), reused=False)
+    return _assemble(data, path, end, *taken, reused=True)
+
+
+def _assemble(data: bytes, path: str, end: int, vmlinux: _Vmlinux, text: _VmlinuxText, *, reused: bool) -> Kallsyms:
+    """The Kallsyms of ``data``, whose vmlinux part ``data[:end]`` has been parsed: parse the module part."""
     block = data[end:]
     objects = _objects_fast(block) or _objects_slowly(block)
     malformed = vmlinux.malformed + objects.malformed
@@ -596,7 +631,7 @@ def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | KallsymsMemo | N
         addresses_visible=vmlinux.addresses_visible or objects.addresses_visible,
         kallsyms_all=vmlinux.kallsyms_all,
         malformed_lines=malformed,
-        vmlinux_reused=taken is not None,
+        vmlinux_reused=reused,
         problems=problems,
         _vmlinux=vmlinux,
         _text=text,
@@ -604,10 +639,88 @@ def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | KallsymsMemo | N
     )
 
 
+def _read_through_cat(path: Path, host: str) -> Kallsyms | None:
+    """Read ``path`` through a ``cat`` child and parse the vmlinux part as it arrives; None when that fails.
+
+    procfs formats /proc/kallsyms in the reading task, a page or so per read(): tens of milliseconds of kernel
+    time for 100k+ lines, as long again as the parse. With ``cat`` reading, that work runs on another CPU while
+    this process parses what the pipe already holds. (A reader thread does not help: every read() needs the GIL
+    back.) ``cat`` opens the file with this process's credentials, so it sees the same addresses; only a clean
+    exit of ``cat`` vouches for the bytes, and any doubt (no ``cat``, a failed spawn, an odd line, a missing
+    final newline) leaves the whole job to the direct read and parse_kallsyms(), which give the same answers.
+    """
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        log.debug("SIGCHLD is ignored, so cat's exit status would be lost: reading %s directly", host)
+        return None
+    cat = shutil.which("cat", path=_CAT_PATH)
+    if cat is None:
+        log.debug("no cat in %s: reading %s directly", _CAT_PATH, host)
+        return None
+    try:
+        child = subprocess.Popen(
+            [cat, "--", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+            close_fds=True,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        log.debug("cannot run %s (%s): reading %s directly", cat, error, host)
+        return None
+    chunks: list[bytes] = []
+    parser: _FastVmlinux | None = _FastVmlinux()
+    pending = b""  # the start of a line whose end has not arrived
+    end = 0  # bytes of the vmlinux part parsed so far
+    in_vmlinux = True
+    with child:  # closes the pipe and waits for the child, whatever happens here
+        assert child.stdout is not None  # stdout=PIPE
+        fd = child.stdout.fileno()
+        with suppress(OSError):  # a bigger pipe lets cat run further ahead; the default works too
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        try:
+            while chunk := os.read(fd, _PIPE_SIZE):
+                chunks.append(chunk)
+                if parser is None or not in_vmlinux:
+                    continue
+                cut = chunk.rfind(b"\n") + 1
+                if not cut:
+                    pending += chunk
+                    continue
+                lines = pending + chunk[:cut] if pending else chunk[:cut]
+                pending = chunk[cut:]
+                bracket = lines.find(b"[")  # the first object line starts the module part
+                if bracket >= 0:
+                    in_vmlinux = False
+                    lines = lines[: lines.rfind(b"\n", 0, bracket) + 1]
+                if not parser.add(lines, 0, len(lines)):
+                    parser = None
+                end += len(lines)
+        except OSError as error:
+            log.debug("reading %s through cat failed (%s): reading it directly", host, error)
+            return None
+    if child.returncode != 0:
+        log.debug("cat %s exited with %s: reading it directly", host, child.returncode)
+        return None
+    data = b"".join(chunks)
+    if parser is None or not data.endswith(b"\n"):
+        return parse_kallsyms(data, host)  # odd lines, or no final newline (hand-made files): the careful way
+    vmlinux, index = parser.finish(data, end)
+    return _assemble(data, host, end, vmlinux, _VmlinuxText(data, end, index), reused=False)
+
+
 def read_kallsyms(root: SystemRoot, previous: Kallsyms | KallsymsMemo | None = None) -> Kallsyms:
-    """Read and parse /proc/kallsyms under ``root``; SourceError when it cannot be read."""
+    """Read and parse /proc/kallsyms under ``root``; SourceError when it cannot be read.
+
+    Without ``previous``, the file is read through ``cat`` so that its formatting by the kernel and the parse
+    overlap (see _read_through_cat()); with it, most of the parse is skipped and a direct read is quicker.
+    """
     path = root.kallsyms
     host = root.host_path(path)
+    if previous is None:
+        kallsyms = _read_through_cat(path, host)
+        if kallsyms is not None:
+            return kallsyms
     try:
         # Unbuffered readall(): procfs reports size 0, and one growing buffer beats BufferedReader's chunks.
         with open(path, "rb", buffering=0) as stream:
