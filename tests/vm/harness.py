@@ -20,6 +20,7 @@ enough, it can be a nested implementation that stalls a guest, so KVM is used on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .initramfs import GUEST_OUT, build_initramfs
+from .initramfs import GUEST_OUT, INIT, build_initramfs
 from .kernel import (
     REPO,
     HarnessError,
@@ -297,7 +298,8 @@ def prepare() -> Environment:
         apt_install(HOST_PACKAGES)
         kernel = prepare_kernel(cache)
         base = kernel.base
-        initramfs = base / "initramfs.cpio"
+        # Named after its init script, so a changed script never boots from a stale cached image.
+        initramfs = base / f"initramfs-{hashlib.sha256(INIT.encode()).hexdigest()[:12]}.cpio"
         if not initramfs.exists():
             build_initramfs(module_tree(kernel, [], base / "modroot-base"), kernel.release, BUSYBOX, initramfs)
         kallsyms = base / "kallsyms"

@@ -36,6 +36,9 @@ mount -t tmpfs -o mode=0755 rw /rw
 mkdir /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "overlay"
 R=/newroot
+# The repository may live under /tmp or /run (CI clones anywhere), which get fresh tmpfs mounts below: keep a
+# handle on it and bind it back afterwards.
+mount --bind "$R$KLPVM_CWD" /keep || fail "bind repository $KLPVM_CWD"
 mount -t proc proc $R/proc
 mount -t sysfs sys $R/sys
 mount -t devtmpfs dev $R/dev
@@ -43,6 +46,7 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmp $R/tmp
 mount -t tmpfs run $R/run
+mkdir -p "$R$KLPVM_CWD" && mount --bind /keep "$R$KLPVM_CWD" || fail "rebind repository $KLPVM_CWD"
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 mkdir -p "$R/lib/modules/$KLPVM_RELEASE" "$R@GUEST_OUT@"
 mount --bind "/lower$KLPVM_MODULES" "$R/lib/modules/$KLPVM_RELEASE" || fail "bind modules"
@@ -79,7 +83,7 @@ def boot_modules(tree: Path, release: str) -> list[Path]:
 
 def build_initramfs(tree: Path, release: str, busybox: Path, dest: Path) -> Path:
     """Write the initramfs for ``release`` (modules taken from ``tree``) to ``dest``."""
-    dirs = ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "out", "modules")
+    dirs = ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "out", "modules", "keep")
     parts = [_newc_entry(d, stat.S_IFDIR | 0o755) for d in dirs]
     parts.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
     parts.append(_newc_entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()))
