@@ -1,21 +1,26 @@
 """The running daemon (``klpd``) in a real guest: module uevents, a refused module load, a blocked transition.
 
-Each boot starts klpd in the background with its own configuration (``kernel_log = "kmsg"``, ``uevent_source =
-"kernel"``: the guest has no journald or udevd), waits for its socket, then changes the kernel's state and polls
-the daemon's JSON API (``GET /v1/status`` on its socket) until it shows the change, for at most
-``CONVERGE_SECONDS``; the document it converged on (or the last one) and ``/metrics`` at that moment come back to
-the host, which compares them with what the kernel did: the module command's exit status, its messages, sysfs,
-``/proc/<pid>/task/<tid>/patch_state``. One ``klpctl status --socket`` per boot checks the CLI's way in.
+Each boot starts klpd in the background with the tests' configuration (``kernel_log = "kmsg"``, ``uevent_source =
+"kernel"``: the guest runs no journald or udevd, except in ``production_sources``), waits for its socket, then
+changes the kernel's state and polls the daemon's JSON API (``GET /v1/status`` on its socket) until it shows the
+change, for at most ``CONVERGE_SECONDS``; the document it converged on (or the last one) and ``/metrics`` at that
+moment come back to the host, which compares them with what the kernel did: the module command's exit status, its
+messages, sysfs, ``/proc/<pid>/task/<tid>/patch_state``. One ``klpctl status --socket`` per boot
+checks the CLI's way in.
 
 - ``uevents``: klpvm_mod_pos1 (a ``.klp.rela.klpvm_target`` patch) loaded, then ``modprobe``/``rmmod`` of its
   target: the object's loaded flag, its sections and ``klpd_object_loaded`` follow, and the uevents are listed.
 - ``refusal_and_transition``: klpvm_mod_pos4 (a module sympos past the count) loaded, then ``modprobe`` of its
   target, which the kernel refuses (no uevent: only the kernel log says so); then ``test_klp_callbacks_busy
   block_transition=Y`` + test_klp_callbacks_demo, a transition a kworker blocks until the parameter is cleared.
+- ``production_sources``: the guest runs systemd-journald and systemd-udevd, as a fleet host does, and klpd runs
+  with the shipped ``config/klpd.toml`` (whose ``auto`` settings pick both): module uevents come through udevd, the
+  refusal and the patch's messages through the journal's kernel transport.
 """
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,20 +33,26 @@ TARGET = "klpvm_target"
 CONVERGE_SECONDS = 20
 SOCKET = "/tmp/klpd-vm/klpd.sock"
 PORT = 9816
+FORGED = "livepatch: patch 'forged' failed for module 'forged_mod', refusing to load module 'forged_mod'"
+
+# The tests' configuration: the kernel's own uevents and /dev/kmsg, which need neither udevd nor journald.
+CONFIG = f"""
+listen = "127.0.0.1:{PORT}"
+socket = "{SOCKET}"
+kernel_log = "kmsg"
+uevent_source = "kernel"
+log_level = "debug"
+"""
+# What a fleet host runs; the socket and the listen address are the test's own (the flags override the file).
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "klpd.toml"
 
 # Starts klpd and defines klpd_until. Sourced after guest.sh, so $KLPVM_OUT and step are there.
 DAEMON = rf"""
 ip link set lo up  # the guest's loopback starts down; /metrics listens on it
 KLPD_DIR=$(mktemp -d /tmp/klpd-conf.XXXXXX)
 mkdir -p {SOCKET.rsplit("/", 1)[0]}
-cat > "$KLPD_DIR/klpd.toml" <<EOF
-listen = "127.0.0.1:{PORT}"
-socket = "{SOCKET}"
-kernel_log = "kmsg"
-uevent_source = "kernel"
-log_level = "debug"
-EOF
-{KLPD} --root / --config "$KLPD_DIR/klpd.toml" 2> "$KLPVM_OUT/klpd.log" &
+@WRITE_CONFIG@
+{KLPD} --root / --config "$KLPD_DIR/klpd.toml" --socket {SOCKET} --listen 127.0.0.1:{PORT} 2> "$KLPVM_OUT/klpd.log" &
 KLPD_PID=$!
 klpd_get() {{ curl -sf --max-time 5 --unix-socket {SOCKET} "http://klpd$1"; }}
 t0=$(date +%s.%N)
@@ -90,6 +101,15 @@ tasks() {{
 """
 
 
+def daemon(config=CONFIG):
+    """The script that starts klpd with ``config``: TOML text, or the path of a configuration file."""
+    if isinstance(config, Path):
+        write = f'cp {config} "$KLPD_DIR/klpd.toml"'
+    else:
+        write = f"cat > \"$KLPD_DIR/klpd.toml\" <<'EOF'\n{config.strip()}\nEOF"
+    return DAEMON.replace("@WRITE_CONFIG@", write)
+
+
 def jq_patch(name):
     return f'.patches[] | select(.name == "{name}")'
 
@@ -121,7 +141,7 @@ def scripts(env):
             P=$(install_patch {env.built.patch("klpvm_mod_pos1")})
             step insmod insmod $P
             klp_wait
-            {DAEMON}
+            {daemon()}
             klpd_until before '[{jq_object("klpvm_mod_pos1", TARGET)} | .loaded == false] == [true]'
             step modprobe modprobe {TARGET}
             klp_wait
@@ -139,8 +159,10 @@ def scripts(env):
             P=$(install_patch {env.built.patch("klpvm_mod_pos4")})
             step insmod insmod $P
             klp_wait
-            {DAEMON}
+            {daemon()}
             klpd_until before '[{jq_object("klpvm_mod_pos4", TARGET)} | .loaded == false] == [true]'
+            # User space imitating the kernel, asking for LOG_KERN: the kernel files it as LOG_USER.
+            step forge sh -c 'echo "<0>$1" > /dev/kmsg' forge "{FORGED}"
             step modprobe modprobe {TARGET}
             klpd_until refused 'any(.daemon.refusals[]; .patch == "klpvm_mod_pos4" and .module == "{TARGET}")'
             step modules_refused cat /proc/modules
@@ -161,6 +183,34 @@ def scripts(env):
             tasks tasks_done
             klpd_until done '.daemon.transitions == [] and [{jq_patch(demo)} | .transition] == [false]'
             step klpctl klpctl status --socket {SOCKET} --json
+            klpd_stop
+        """,
+        "production_sources": f"""
+            # What a fleet host runs besides klpd: journald (reading /dev/kmsg) and udevd, each creating its own
+            # sockets as it does without socket activation. journald will not run without the cgroup hierarchy.
+            mount -t cgroup2 cgroup2 /sys/fs/cgroup
+            /lib/systemd/systemd-journald > $KLPVM_OUT/journald.log 2>&1 &
+            /lib/systemd/systemd-udevd --daemon > $KLPVM_OUT/udevd.log 2>&1
+            for i in $(seq 100); do
+                [ -S /run/systemd/journal/socket ] && [ -S /run/udev/control ] && break
+                sleep 0.1
+            done
+            {daemon(SHIPPED_CONFIG)}
+            klpd_until started '.daemon.sources.udev.up and .daemon.sources.journal.up'
+            P=$(install_patch {env.built.patch("klpvm_mod_pos4")})
+            step insmod insmod $P
+            klp_wait
+            klpd_until before '[{jq_object("klpvm_mod_pos4", TARGET)} | .loaded == false] == [true]
+                and {jq_event("enabling", "klpvm_mod_pos4", "journal")}'
+            # User space imitating the kernel, asking for LOG_KERN: the kernel files it as LOG_USER.
+            step forge sh -c 'echo "<0>$1" > /dev/kmsg' forge "{FORGED}"
+            step modprobe modprobe {TARGET}
+            klpd_until refused 'any(.daemon.refusals[]; .patch == "klpvm_mod_pos4" and .module == "{TARGET}")'
+            step modprobe_busy modprobe {busy}
+            klpd_until added '{jq_event("add", busy, "udev")}'
+            step rmmod_busy rmmod {busy}
+            klpd_until removed '{jq_event("remove", busy, "udev")}'
+            step journal journalctl -k -o json --no-pager
             klpd_stop
         """,
     }
@@ -318,7 +368,8 @@ def test_daemon_reports_refused_module_load(runs):
     assert matching[0]["message"] == kernel_said
     assert before.start - 1 <= matching[0]["time"] <= refused.end + 1
     counts = {(c["patch"], c["module"]): c["count"] for c in refused.daemon["refusal_counts"]}
-    assert counts == {(patch, TARGET): 1}
+    assert FORGED in result.step("forge").dmesg  # in the kernel log, as user space wrote it ...
+    assert counts == {(patch, TARGET): 1}  # ... and not a refusal for klpd
     assert refused.metric("klpd_module_load_refusals_total", patch=patch, object=TARGET) == refusals_before + 1
     assert ("kmsg", "module_load_refused", TARGET) in refused.events(), refused.events()
     assert not [e for e in refused.events("kernel") if e[2] == TARGET], refused.events()
@@ -387,6 +438,71 @@ def test_daemon_reports_blocked_transition(runs):
 def test_daemon_log_has_no_tracebacks(runs):
     """klpd's log (the journal, under systemd) holds messages, not Python tracebacks: here the API was polled with
     ``curl -f``, which hangs up on an HTTP error status before reading the body (503 while klpd starts)."""
-    for name in ("uevents", "refusal_and_transition"):
+    for name in ("uevents", "refusal_and_transition", "production_sources"):
         log = runs[name].text("klpd.log")
         assert "Traceback" not in log, f"{name}: klpd logged a traceback:\n{log[log.index('Traceback') - 300 :][:2500]}"
+
+
+def test_daemon_with_the_shipped_config_reads_udevd_and_the_journal(runs):
+    """A fleet host's sources: the shipped config's ``auto`` picks udevd's uevents and the journal's kernel
+    transport, and the refusal (no uevent) and the patch's messages arrive through the journal, stamped with the
+    kernel's own time."""
+    result = runs["production_sources"]
+    daemon_started(result)
+    patch, busy = "klpvm_mod_pos4", "test_klp_callbacks_busy"
+
+    started = Snapshot(result, "started")
+    sources = started.daemon["sources"]
+    started.converged(sources.get("udev", {}).get("up") and sources.get("journal", {}).get("up"), "udev and journal")
+    assert "kernel" not in sources and "kmsg" not in sources, sources  # auto chose them, not the fallbacks
+    assert started.metric("klpd_source_up", source="udev") == 1
+    assert started.metric("klpd_source_up", source="journal") == 1
+
+    # The patch loads; its "enabling patch" reached klpd through journald.
+    assert result.step("insmod").rc == 0, result.step("insmod").err
+    before = Snapshot(result, "before")
+    before.converged(("journal", "enabling", patch) in before.events(), f"the journal's 'enabling patch {patch}'")
+    assert before.obj(patch, TARGET)["module_load"] == "refused"
+
+    # The kernel refuses the target: the journal carries the only trace of it.
+    modprobe = result.step("modprobe")
+    assert modprobe.rc != 0
+    kernel_said = f"livepatch: patch '{patch}' failed for module '{TARGET}', refusing to load module '{TARGET}'"
+    assert kernel_said in modprobe.dmesg, modprobe.dmesg
+    journal = [json.loads(line) for line in result.step("journal").out.splitlines() if line.startswith("{")]
+    # journald keeps a kernel message whole, under identifier "kernel" and facility 0 (LOG_KERN).
+    [stored] = [e for e in journal if e.get("MESSAGE") == kernel_said]
+    assert (stored["_TRANSPORT"], stored["SYSLOG_IDENTIFIER"], stored["SYSLOG_FACILITY"]) == ("kernel", "kernel", "0")
+    # The same words from user space went in under LOG_USER, with "livepatch" split off as the identifier.
+    assert FORGED in result.step("forge").dmesg
+    [forged] = [e for e in journal if e.get("MESSAGE") == FORGED.removeprefix("livepatch: ")]
+    assert (forged["SYSLOG_IDENTIFIER"], forged["SYSLOG_FACILITY"]) == ("livepatch", "1")
+
+    refused = Snapshot(result, "refused")
+    matching = [r for r in refused.daemon["refusals"] if (r["patch"], r["module"]) == (patch, TARGET)]
+    refused.converged(matching, f"the refusal of {TARGET} from the journal")
+    assert len(matching) == 1 and matching[0]["message"] == kernel_said, refused.daemon["refusals"]
+    assert ("journal", "module_load_refused", TARGET) in refused.events(), refused.events()
+    # The kernel's time for the record, not journald's: the same instant (to the µs) journald kept as the source's.
+    boot_offset = matching[0]["time"] - int(stored["_SOURCE_MONOTONIC_TIMESTAMP"]) / 1e6
+    enabling = [e for e in refused.daemon["events"] if (e["source"], e["kind"]) == ("journal", "enabling")]
+    [enabling_stored] = [e for e in journal if e.get("MESSAGE") == f"livepatch: enabling patch '{patch}'"]
+    other_offset = enabling[0]["time"] - int(enabling_stored["_SOURCE_MONOTONIC_TIMESTAMP"]) / 1e6
+    assert boot_offset == pytest.approx(other_offset, abs=0.05)
+    assert before.start - 1 <= matching[0]["time"] <= refused.end + 1
+    assert refused.metric("klpd_module_load_refusals_total", patch=patch, object=TARGET) == 1
+    assert [(r["patch"], r["module"]) for r in refused.daemon["refusals"]] == [(patch, TARGET)]  # not the forged one
+    assert refused.metric("klpd_events_total", source="journal") >= 2
+
+    # An ordinary module comes and goes: udevd's re-broadcast of the kernel's uevent, one each.
+    assert result.step("modprobe_busy").rc == 0, result.step("modprobe_busy").err
+    added = Snapshot(result, "added")
+    added.converged(("udev", "add", busy) in added.events(), f"udev's add of {busy}")
+    assert result.step("rmmod_busy").rc == 0, result.step("rmmod_busy").err
+    removed = Snapshot(result, "removed")
+    removed.converged(("udev", "remove", busy) in removed.events(), f"udev's remove of {busy}")
+    assert removed.events("udev").count(("udev", "add", busy)) == 1, removed.events()
+    assert removed.metric("klpd_events_total", source="udev") >= 2
+    assert removed.metric("klpd_lost_events_total", source="udev") == 0
+    assert removed.metric("klpd_lost_events_total", source="journal") == 0
+    assert result.text("stop.rc").strip() == "0", result.text("klpd.log")[-3000:]

@@ -31,8 +31,9 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ from klpd.errors import SourceError
 log = logging.getLogger(__name__)
 
 PREFIX = "livepatch: "
+# LOG_KERN. A process writing to /dev/kmsg cannot log with it: the kernel gives user-space records LOG_USER (1)
+# when they ask for facility 0 (devkmsg_write()), so a record of facility 0 is the kernel's own.
+KERNEL_FACILITY = 0
 # A kmsg record is at most about 1 KiB (PRINTK_MESSAGE_MAX, 2048 since 6.1) plus its dictionary; one read() returns
 # one record, so a read of this size never truncates one.
 _KMSG_READ = 8192
@@ -134,6 +138,12 @@ def parse_kmsg_record(line: bytes) -> KmsgRecord | None:
     return KmsgRecord(int(fields[0]), int(fields[1]), int(fields[2]), text)
 
 
+def kernel_time(usec: int, now: float) -> float:
+    """The wall-clock time of a kernel log record stamped ``usec`` microseconds after boot (the kernel's
+    local_clock, which keeps pace with CLOCK_MONOTONIC), never later than ``now``."""
+    return min(now, now - (time.monotonic() - usec / 1e6))
+
+
 def _event(source: str, msg: LivepatchMessage, when: float) -> Event:
     subject = (msg.module if msg.kind is LivepatchEvent.MODULE_LOAD_REFUSED else msg.patch) or ""
     return Event(when, source, msg.kind.value, subject, msg.text, msg)
@@ -208,13 +218,15 @@ class KmsgSource:
             if self._last_seq is not None and record.seq > self._last_seq + 1 and self._record_reads:
                 lost += 1  # a gap in sequence numbers is a loss the kernel did not report as EPIPE
             self._last_seq = record.seq
+            if record.priority >> 3 != KERNEL_FACILITY:
+                continue  # written by user space: not the kernel's word, whatever it says
             msg = parse_livepatch_message(record.message)
             if msg is not None:
                 when = now
                 if self._record_reads:
                     # The record's own time (microseconds since boot, the kernel's local_clock), so a transition's
                     # start is when the kernel logged it, not when an evaluation let us read it.
-                    when = min(now, now - (time.monotonic() - record.usec / 1e6))
+                    when = kernel_time(record.usec, now)
                 events.append(_event(self.name, msg, when))
         return lost
 
@@ -232,7 +244,8 @@ class JournalSource:
 
     name = "journal"
 
-    def __init__(self, reader: Any = None) -> None:
+    def __init__(self, reader: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         if reader is None:
             try:  # optional at import time: only this source needs it
                 import systemd.journal  # noqa: PLC0415
@@ -257,19 +270,49 @@ class JournalSource:
         self._reader.process()  # acknowledges the wake-up; entries are read below either way
         events: list[Event] = []
         for entry in self._reader:
-            text = entry.get("MESSAGE")
-            if isinstance(text, bytes):
-                text = text.decode("utf-8", "replace")
-            if not isinstance(text, str):
+            text = journal_kernel_text(entry)
+            if text is None:
                 continue
             msg = parse_livepatch_message(text)
             if msg is None:
                 continue
-            stamp = entry.get("__REALTIME_TIMESTAMP")
-            when = stamp.timestamp() if hasattr(stamp, "timestamp") else time.time()
-            events.append(_event(self.name, msg, when))
+            events.append(_event(self.name, msg, _entry_time(entry, self._clock())))
         return Batch(tuple(events))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._reader.close()
+
+
+def journal_kernel_text(entry: Mapping[str, Any]) -> str | None:
+    """The text of a journal entry of the kernel transport that the kernel itself logged, or None.
+
+    journald keeps a kernel message whole (SYSLOG_IDENTIFIER=kernel, SYSLOG_FACILITY=0). What user space wrote to
+    /dev/kmsg comes in on the same transport with another facility, and journald has split its ``prefix: `` off
+    into SYSLOG_IDENTIFIER: such a line is never the kernel's word, whatever it says.
+    """
+    facility = entry.get("SYSLOG_FACILITY")
+    if facility is not None and str(facility) != str(KERNEL_FACILITY):
+        return None
+    return _text(entry.get("MESSAGE"))
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _entry_time(entry: Mapping[str, Any], now: float) -> float:
+    """When the kernel logged a journal entry of its transport: the record's own stamp (journald keeps it as
+    _SOURCE_MONOTONIC_TIMESTAMP), not when journald stored it, which is later when journald starts after the kernel
+    logged (at boot) or falls behind."""
+    source = entry.get("_SOURCE_MONOTONIC_TIMESTAMP")
+    if isinstance(source, timedelta):
+        return kernel_time(source // timedelta(microseconds=1), now)
+    if isinstance(source, (bytes, str)) and source.isdigit():
+        return kernel_time(int(source), now)
+    stamp = entry.get("__REALTIME_TIMESTAMP")
+    if isinstance(stamp, datetime):
+        return min(now, stamp.timestamp())
+    return now

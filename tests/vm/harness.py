@@ -52,7 +52,7 @@ from .modules import Built, build_modules
 QEMU = "qemu-system-x86_64"
 BUSYBOX = Path("/bin/busybox")
 # What the harness runs on the host besides apt: dev.sh installs these; the harness installs them too when missing.
-HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "xz-utils", "make", "bc")
+HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod", "xz-utils", "make", "bc", "curl", "jq", "udev")
 GUEST_SH = Path(__file__).resolve().parent / "guest.sh"
 # The klpctl of the virtualenv running the tests: the guest sees the host's files at the same paths.
 KLPCTL = Path(sys.prefix) / "bin" / "klpctl"
