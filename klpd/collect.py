@@ -13,8 +13,8 @@ from pathlib import Path
 
 from klpd.elf import read_module_symtab, read_patch_module
 from klpd.errors import FormatError, KlpdError, SourceError
-from klpd.model import HostStatus, ModuleSymtab, PatchModule, Problem, Severity
-from klpd.names import module_name_from_filename
+from klpd.model import HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity
+from klpd.names import module_name_from_filename, parse_klp_rela_name, parse_klp_sym_name
 from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_source
 from klpd.sources import kernel as kernel_source
@@ -138,9 +138,15 @@ class Evaluator:
         problems += dep.problems
         up["modules_dep"] = _up(dep.problems)
         srcversions = {}
+        running: dict[str, RunningPatch] = {}
         for lp in livepatches.value:
             info = sys_module.read_sys_module(root, lp.name)
+            problems += info.problems
             srcversions[lp.name] = info.value.srcversion if info.value else None
+            if info.value is not None and info.value.sections is not None:
+                # What the kernel shows of the patch's livepatch ELF: all a loaded patch without a file offers.
+                symbols = tuple(name for name, _ in kallsyms.klp_symbols(lp.name))
+                running[lp.name] = RunningPatch(info.value.klp_rela_sections, symbols)
         state = SystemState(
             kernel=kernel.value,
             kallsyms=kallsyms,
@@ -149,6 +155,7 @@ class Evaluator:
             known_modules=frozenset(dep.names()),
             modules_dep_read=not dep.problems or bool(dep.names()),
             loaded_srcversions=srcversions,
+            running_patches=running,
             problems=tuple(problems),
         )
         return state, up, dep
@@ -156,10 +163,17 @@ class Evaluator:
     def _patch_input(self, system: SystemState, dep: modules_dep.ModulesDep, name: str, *,
                      module: PatchModule | None, problem: Problem | None, path: str | None) -> PatchInput:  # fmt: skip
         symtabs: dict[str, ModuleSymtab | Problem] = {}
+        wanted: set[str] = set()
         if module is not None:
             wanted = {s.object for s in module.sections if s.object} | {
                 sym.parsed.object for sym in module.symbols.values() if sym.parsed
             }
+        elif name in system.running_patches:
+            running = system.running_patches[name]
+            wanted = {o for o in map(parse_klp_rela_name, running.sections) if o} | {
+                parsed.object for parsed in map(parse_klp_sym_name, running.symbols) if parsed
+            }
+        if wanted:
             # Loaded modules too: their full symtab tells whether the answer depends on the load order.
             for obj in sorted(wanted - {VMLINUX}):
                 ko = dep.get(obj)
@@ -209,7 +223,7 @@ class Evaluator:
                             )
                         )
                 if chosen is None:
-                    inputs.append(PatchInput(name, None))
+                    inputs.append(self._patch_input(system, dep, name, module=None, problem=None, path=None))
                 else:
                     path, module, problem = chosen
                     inputs.append(

@@ -246,6 +246,19 @@ class SysfsObject:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningPatch:
+    """What the running kernel shows of a loaded patch module's livepatch ELF, for when its file is not found.
+
+    /sys/module/<patch>/sections lists its ``.klp.rela.*`` sections (SHF_ALLOC, kept for klp_module_coming()), and
+    /proc/kallsyms every symbol of a livepatch module, its ``.klp.sym.*`` ones included (type ``?``). Neither shows
+    which section uses which symbol, nor how many relocations a section holds.
+    """
+
+    sections: tuple[str, ...]  # .klp.rela.* section names
+    symbols: tuple[str, ...]  # .klp.sym.* symbol names, in kallsyms order
+
+
+@dataclass(frozen=True, slots=True)
 class SysfsPatch:
     """``/sys/kernel/livepatch/<patch>/``; attributes absent on older kernels are None."""
 
@@ -281,7 +294,7 @@ class SectionResult:
     name: str
     object: str | None
     target_section: str | None
-    relocations: int
+    relocations: int | None  # None: not known (a loaded patch seen only through the running kernel)
     state: SectionState
     reasons: tuple[str, ...] = ()
 

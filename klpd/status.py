@@ -33,7 +33,7 @@ from klpd.model import (
     PatchModule,
     PatchStatus,
     Problem,
-    RelaSection,
+    RunningPatch,
     SectionResult,
     SectionState,
     Severity,
@@ -41,6 +41,7 @@ from klpd.model import (
     SymbolStatus,
     SysfsPatch,
 )
+from klpd.names import KLP_RELA_PREFIX, parse_klp_rela_name, parse_klp_sym_name
 from klpd.resolve import Occurrences, lookup, lookup_occurrences
 
 VMLINUX = "vmlinux"
@@ -73,6 +74,7 @@ class SystemState:
     known_modules: frozenset[str]  # module names that modules.dep of the running release knows
     modules_dep_read: bool = True  # False: modules.dep is missing or unreadable, so known_modules says nothing
     loaded_srcversions: Mapping[str, str | None] = field(default_factory=dict)  # /sys/module/<patch>/srcversion
+    running_patches: Mapping[str, RunningPatch] = field(default_factory=dict)  # loaded patches, as the kernel shows
     problems: tuple[Problem, ...] = ()  # sources that could not be read (or only partly)
 
 
@@ -250,12 +252,56 @@ def _is_failure(status: SymbolStatus | None) -> bool:
 # one patch
 
 
+@dataclass(frozen=True)
+class _Section:
+    """A ``.klp.rela`` section the kernel will apply, and the symbols (by index) its relocations use."""
+
+    name: str
+    object: str
+    target_name: str | None
+    relocations: int | None  # None: not known
+    symbol_indexes: tuple[int, ...]
+
+
+def _file_sections(module: PatchModule) -> tuple[list[_Section], Mapping[int, ElfSymbol]]:
+    sections = [
+        _Section(s.name, s.object, s.target_name, len(s.relocations), s.symbol_indexes())
+        for s in module.sections
+        if s.is_livepatch and s.object is not None
+    ]
+    return sections, module.symbols
+
+
+def _running_sections(running: RunningPatch) -> tuple[list[_Section], Mapping[int, ElfSymbol]]:
+    """A loaded patch's sections and symbols as the kernel shows them. Which section uses which symbol is not
+    shown: a symbol is taken as used by the sections of its own object, as kpatch-build, klp-build and
+    klp-convert generate them."""
+    symbols = {
+        index: ElfSymbol(index, name, SHN_LIVEPATCH, 0, parse_klp_sym_name(name))
+        for index, name in enumerate(running.symbols, start=1)
+    }
+    by_object: dict[str, list[int]] = {}
+    for index, sym in symbols.items():
+        if sym.parsed is not None:
+            by_object.setdefault(sym.parsed.object, []).append(index)
+    sections = []
+    for name in running.sections:
+        obj = parse_klp_rela_name(name)
+        if obj is None:
+            continue  # the kernel loaded the patch, so it parsed every flagged section's name: not a klp section
+        target = name[len(KLP_RELA_PREFIX) + len(obj) + 1 :] or None
+        sections.append(_Section(name, obj, target, None, tuple(by_object.get(obj, ()))))
+    return sections, symbols
+
+
 class _PatchEvaluation:
     """Symbol results of one patch module, computed once per (symbol, section object) use."""
 
-    def __init__(self, system: SystemState, module: PatchModule, symtabs: Mapping[str, ModuleSymtab | Problem]):
+    def __init__(
+        self, system: SystemState, symbols: Mapping[int, ElfSymbol], symtabs: Mapping[str, ModuleSymtab | Problem]
+    ):
         self.system = system
-        self.module = module
+        self.symbols = symbols
         self.symtabs = symtabs
         self._cache: dict[tuple[int, str | None, bool], SymbolResult] = {}
 
@@ -263,23 +309,23 @@ class _PatchEvaluation:
         key = (index, section_object, flagged_use)
         result = self._cache.get(key)
         if result is None:
-            sym = self.module.symbols.get(index) or ElfSymbol(index, f"<symbol #{index}>", 0, 0, None)
+            sym = self.symbols.get(index) or ElfSymbol(index, f"<symbol #{index}>", 0, 0, None)
             result = _symbol_status(self.system, sym, section_object, flagged_use, self.symtabs)
             self._cache[key] = result
         return result
 
-    def section_symbols(self, section: RelaSection) -> list[SymbolResult]:
-        return [self.symbol(i, section.object, True) for i in section.symbol_indexes()]
+    def section_symbols(self, section: _Section) -> list[SymbolResult]:
+        return [self.symbol(i, section.object, True) for i in section.symbol_indexes]
 
-    def symbol_results(self, sections: Sequence[RelaSection]) -> list[tuple[SymbolResult, str | None]]:
+    def symbol_results(self, sections: Sequence[_Section]) -> list[tuple[SymbolResult, str | None]]:
         """Every livepatch symbol once, with its worst status over its uses and the object of its first use."""
         uses: dict[int, list[str | None]] = {}
         for section in sections:
-            for index in section.symbol_indexes():
+            for index in section.symbol_indexes:
                 uses.setdefault(index, [])
                 if section.object not in uses[index]:
                     uses[index].append(section.object)
-        for index, sym in self.module.symbols.items():
+        for index, sym in self.symbols.items():
             if sym.shndx == SHN_LIVEPATCH and index not in uses:
                 uses[index] = []
         out = []
@@ -291,10 +337,9 @@ class _PatchEvaluation:
 
 
 def _section_result(
-    evaluation: _PatchEvaluation, system: SystemState, section: RelaSection, patched: bool | None
+    evaluation: _PatchEvaluation, system: SystemState, section: _Section, patched: bool | None
 ) -> SectionResult:
     """State of one section; ``patched`` is what sysfs says of its object for a loaded patch (None: unknown)."""
-    assert section.object is not None
     bad = [r for r in evaluation.section_symbols(section) if _is_failure(r.status)]
     if bad and patched and _is_loaded(system, section.object):
         # The kernel did apply it: the module loaded after the patch and klp_module_coming() resolved against
@@ -315,7 +360,7 @@ def _section_result(
         name=section.name,
         object=section.object,
         target_section=section.target_name,
-        relocations=len(section.relocations),
+        relocations=section.relocations,
         state=state,
         reasons=reasons,
     )
@@ -351,13 +396,20 @@ def _objects(system: SystemState, p: PatchInput, sysfs: SysfsPatch | None) -> tu
     sysfs_objects = {o.name: o for o in sysfs.objects} if sysfs else {}
     sections: dict[str, list[SectionResult]] = {}
     symbols: dict[str, list[SymbolResult]] = {}
+    running = system.running_patches.get(p.name)
     if module is not None:
-        evaluation = _PatchEvaluation(system, module, p.target_symtabs)
-        flagged = [s for s in module.sections if s.is_livepatch and s.object is not None]
+        source = _file_sections(module)
+    elif running is not None:
+        source = _running_sections(running)  # a loaded patch whose file was not found
+    else:
+        source = None
+    if source is not None:
+        flagged, elf_symbols = source
+        evaluation = _PatchEvaluation(system, elf_symbols, p.target_symtabs)
         for section in flagged:
-            sysfs_obj = sysfs_objects.get(section.object or "")
+            sysfs_obj = sysfs_objects.get(section.object)
             section_result = _section_result(evaluation, system, section, sysfs_obj.patched if sysfs_obj else None)
-            sections.setdefault(section.object or "", []).append(section_result)
+            sections.setdefault(section.object, []).append(section_result)
         for result, first_use in evaluation.symbol_results(flagged):
             home = result.object or first_use
             if home is not None:
@@ -470,14 +522,15 @@ def _patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
                 )
             )
     if loaded and module is None:
-        problems.append(
-            Problem(
-                "no_patch_file",
-                Severity.WARNING,
-                f"no installed file found for loaded patch '{p.name}': its sections and symbols were not checked",
-                subject=p.name,
+        if p.name in system.running_patches:
+            message = (
+                f"no installed file found for loaded patch '{p.name}': its sections and symbols are those the running"
+                f" kernel shows (/sys/module/{p.name}/sections, /proc/kallsyms), without relocation counts, each"
+                " symbol taken as used by the sections of its own object"
             )
-        )
+        else:
+            message = f"no installed file found for loaded patch '{p.name}': its sections and symbols were not checked"
+        problems.append(Problem("no_patch_file", Severity.WARNING, message, subject=p.name))
     return PatchStatus(
         name=p.name,
         path=p.path or (module.path if module else None),

@@ -243,7 +243,57 @@ def scenario_transition(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     return code, doc
 
 
+def scenario_loaded_without_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``kpatch load /tmp/fix.ko`` or ``insmod``, never installed: klpd reads the patch's sections from
+    /sys/module/<patch>/sections and its .klp.sym symbols from /proc/kallsyms (type ``?``, as a 6.1 guest lists
+    them), and still predicts that loading target_mod will be refused."""
+    fx = FixtureRoot(tmp_path)
+    fx.kernel(RELEASE, tainted=0)
+    fx.kallsyms(
+        vmlinux=VMLINUX,
+        objects=[
+            (0xFFFFFFFFC0356000, "t", "livepatch_unique_fn", "lp_nofile"),
+            (0xFFFFFFFF81001000, "?", ".klp.sym.vmlinux.unique_fn,0", "lp_nofile"),
+            (0, "?", ".klp.sym.target_mod.tgt_fn,2", "lp_nofile"),  # never resolved: target_mod is not loaded
+        ],
+    )
+    fx.proc_modules(["lp_nofile 16384 1 - Live 0xffffffffc0356000 (OEK)"])
+    fx.modules_dep(RELEASE, {"kernel/drivers/target_mod.ko.xz": []})
+    fx.file(f"/lib/modules/{RELEASE}/kernel/drivers/target_mod.ko.xz", lzma.compress(target_ko(("tgt_fn", ".text"))))
+    fx.livepatch(
+        "lp_nofile",
+        objects=[LivepatchObject("vmlinux", patched=True), LivepatchObject("target_mod", patched=False)],
+    )
+    fx.sys_module(
+        "lp_nofile",
+        srcversion="SRCNOFILE",
+        taint="OEK",
+        sections=[".text", ".klp.rela.vmlinux..text", ".klp.rela.target_mod..text", ".gnu.linkonce.this_module"],
+    )
+    code, doc = run(fx, "status", "--direct", capsys=capsys)
+    p = one(doc, "lp_nofile")
+    assert code == 1
+    assert p["loaded"] and p["path"] is None and p["srcversion"] == "SRCNOFILE"
+    vmlinux = obj(p, "vmlinux")
+    assert [(s["name"], s["target_section"], s["state"], s["relocations"]) for s in vmlinux["sections"]] == [
+        (".klp.rela.vmlinux..text", ".text", "applied", None)  # how many relocations: only the file says
+    ]
+    assert sym(p, "vmlinux", "unique_fn")["status"] == "ok"
+    target = obj(p, "target_mod")
+    assert [(s["name"], s["state"]) for s in target["sections"]] == [(".klp.rela.target_mod..text", "fails")]
+    assert sym(p, "target_mod", "tgt_fn")["status"] == "sympos_not_found"
+    assert target["module_load"] == "refused"
+    assert (
+        "livepatch: patch 'lp_nofile' failed for module 'target_mod', refusing to load module 'target_mod'"
+        in target["reasons"]
+    )
+    [warning] = [w for w in p["problems"] if w["code"] == "no_patch_file"]
+    assert "/sys/module/lp_nofile/sections" in warning["message"] and "/proc/kallsyms" in warning["message"]
+    return code, doc
+
+
 SCENARIOS: dict[str, Callable[..., tuple[int, dict[str, Any]]]] = {
+    "loaded_without_file": scenario_loaded_without_file,
     "loaded": scenario_loaded,
     "pending": scenario_pending,
     "refused": scenario_refused,

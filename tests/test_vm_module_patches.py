@@ -6,7 +6,9 @@ the target's full symtab (a, c, b); when the target is already loaded, against i
 target's ``probe`` parameter calls the patched function, which returns the address the kernel resolved.
 
 Patch first: klpd must call the sections ``pending`` and predict the target's modprobe (``module_load``); after
-modprobe, ``applied`` and sysfs ``patched=1``, or the kernel's refusal. Target first: ``will_load`` is the insmod.
+modprobe, ``applied`` and sysfs ``patched=1``, or the kernel's refusal. The same prediction must hold with the
+patch's file moved away, from what the kernel shows of the loaded patch (/sys/module/<patch>/sections,
+/proc/kallsyms). Target first: ``will_load`` is the insmod.
 """
 
 import pytest
@@ -48,6 +50,7 @@ def runs(env):
             step insmod insmod $P
             klp_wait
             step status_before klpctl status --direct --json
+            mv $P /tmp/ && step status_no_file klpctl status --direct --json && mv /tmp/${{P##*/}} $P
             sysfs_dump sysfs_before
             step modprobe modprobe {TARGET}
             klp_wait
@@ -151,6 +154,24 @@ def test_patch_first_then_target(runs, variant):
     assert compare.sysfs_mismatches(before, sysfs_before) == []
     assert compare.obj(before, TARGET)["loaded"] is False
     assert {s["state"] for s in compare.sections(before, TARGET)} == states
+
+    # The file moved away: the running kernel's view of the loaded patch gives the same verdicts — except where a
+    # symbol of one object is used by another object's section, which only the file shows.
+    no_file = compare.patch(result.step("status_no_file").json(), variant)
+    assert no_file["path"] is None
+    assert [w["code"] for w in no_file["problems"] if w["code"] == "no_patch_file"] == ["no_patch_file"]
+    no_file_target = compare.obj(no_file, TARGET)
+    assert [(s["name"], s["relocations"]) for s in no_file_target["sections"]] == [
+        (s["name"], None) for s in compare.sections(before, TARGET)
+    ]
+    if variant != "klpvm_mod_vmlinux_sym":
+        assert no_file_target["module_load"] == target["module_load"], no_file_target["reasons"]
+        assert {s["state"] for s in no_file_target["sections"]} == states
+        assert sorted((s["elf_name"], s["status"]) for s in compare.symbols(no_file)) == sorted(
+            (s["elf_name"], s["status"]) for s in compare.symbols(patch)
+        )
+        if not kernel_loads_target:
+            assert_refusal_predicted(result.step("status_no_file").json(), no_file, modprobe.dmesg)
 
     after = compare.patch(result.step("status_after").json(), variant)
     sysfs_after = result.step("sysfs_after").json()[variant]

@@ -120,9 +120,8 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
                     lines.append(f"      kernel: {sym.kernel_message}")
         for sec in obj.sections:
             if verbose or sec.state is SectionState.FAILS:
-                lines.append(
-                    f"    section {sec.name} -> {sec.target_section}: {sec.state.value}, {sec.relocations} relocations"
-                )
+                count = "relocations unknown" if sec.relocations is None else f"{sec.relocations} relocations"
+                lines.append(f"    section {sec.name} -> {sec.target_section}: {sec.state.value}, {count}")
     return lines
 
 
