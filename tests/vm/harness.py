@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .initramfs import GUEST_OUT, INIT, build_initramfs
+from .initramfs import GUEST_OUT, INIT, build_initramfs, systemd_units
 from .kernel import (
     REPO,
     HarnessError,
@@ -178,6 +178,7 @@ class VM:
     cwd: Path = REPO
     # cryptomgr.notests: the crypto self-tests are pure CPU work under TCG and are where stalled boots hung.
     cmdline: str = "console=ttyS0 quiet panic=-1 oops=panic mitigations=off cryptomgr.notests"
+    init: str = "chroot"  # or "systemd": the root boots with systemd as PID 1 (initramfs.SYSTEMD_UNITS)
 
     def qemu_command(self, out: Path) -> list[str]:
         accel = ["-accel", "kvm", "-cpu", "host"] if real_kvm() else ["-accel", "tcg,thread=multi", "-cpu", "max"]
@@ -223,7 +224,12 @@ class VM:
                 f"KLPVM_CWD={shlex.quote(str(self.cwd))}\n"
                 f"KLPVM_RELEASE={shlex.quote(self.env.kernel.release)}\n"
                 f"KLPVM_MODULES={shlex.quote(str(self.env.modules))}\n"
+                f"KLPVM_INIT={shlex.quote(self.init)}\n"
             )
+            if self.init == "systemd":
+                (share / "units").mkdir()
+                for name, text in systemd_units(str(self.cwd)).items():
+                    (share / "units" / name).write_text(text)
             start = time.monotonic()
             proc = subprocess.Popen(
                 self.qemu_command(out), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

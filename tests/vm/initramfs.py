@@ -5,6 +5,10 @@ proc, sys, dev, tmp and run, binds the test kernel's ``/lib/modules/<release>`` 
 results share (9p tag ``results``) at ``/run/klpvm`` and chroots into it to run ``/run/klpvm/script.sh`` with bash,
 in the directory named by ``vm.conf``. The script's stdout goes to the second serial port (ttyS1), its stderr, exit
 status and the guest's dmesg to the results share; then the guest powers off.
+
+With ``KLPVM_INIT=systemd`` in ``vm.conf`` the same root becomes a systemd host instead: the init switches to it
+with systemd as PID 1 and the unit ``klpvm.target`` (from the results share, see :data:`SYSTEMD_UNITS`), whose
+service runs the script the same way and powers off.
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ mkdir -p "$R/lib/modules/$KLPVM_RELEASE" "$R@GUEST_OUT@"
 mount --bind "/lower$KLPVM_MODULES" "$R/lib/modules/$KLPVM_RELEASE" || fail "bind modules"
 mount --bind /out "$R@GUEST_OUT@"
 stty -F /dev/ttyS1 raw -echo
+if [ "$KLPVM_INIT" = systemd ]; then
+    mkdir -p $R/run/systemd/system
+    cp /out/units/* $R/run/systemd/system/ || fail "copy units"
+    # A boot of this root, not a container: the host's /.dockerenv would make systemd think it is in docker.
+    rm -f $R/.dockerenv
+    # systemd mounts proc, sys and dev itself, and the guest's cgroup2 along with them.
+    umount $R/dev/pts $R/dev $R/sys/kernel/debug $R/sys $R/proc 2>/dev/null
+    echo klpvm-init: switching to systemd >&2
+    exec switch_root $R /lib/systemd/systemd --unit=klpvm.target
+fi
 echo klpvm-init: running script >&2
 chroot $R /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 KLPVM_OUT=@GUEST_OUT@ \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -62,6 +76,40 @@ dmesg > /out/dmesg
 sync
 poweroff -f
 """.replace("@GUEST_OUT@", GUEST_OUT)
+
+
+# The systemd host's units: the script as a service (as the chroot runs it), powering off when it ends.
+SYSTEMD_UNITS = {
+    "klpvm.target": """[Unit]
+Description=klpvm test script on a systemd host
+Requires=klpvm.service
+Wants=systemd-journald.service systemd-udevd.service systemd-udev-trigger.service
+After=klpvm.service
+""",
+    "klpvm.service": """[Unit]
+Description=klpvm test script
+Wants=systemd-journald.service systemd-udevd.service
+After=systemd-journald.service systemd-udevd.service systemd-tmpfiles-setup.service
+# Immediately: no unit stops, no unmounting the 9p/overlay root (the results are synced by then).
+SuccessAction=poweroff-immediate
+FailureAction=poweroff-immediate
+
+[Service]
+Type=oneshot
+WorkingDirectory=@CWD@
+Environment=HOME=/root TERM=dumb LANG=C.UTF-8
+StandardInput=null
+StandardOutput=file:/dev/ttyS1
+StandardError=file:@GUEST_OUT@/stderr
+ExecStart=/bin/bash @GUEST_OUT@/script.sh
+ExecStopPost=/bin/sh -c 'echo $$EXIT_STATUS > @GUEST_OUT@/rc; dmesg > @GUEST_OUT@/dmesg; sync'
+TimeoutStartSec=infinity
+""",
+}
+
+
+def systemd_units(cwd: str) -> dict[str, str]:
+    return {name: text.replace("@CWD@", cwd).replace("@GUEST_OUT@", GUEST_OUT) for name, text in SYSTEMD_UNITS.items()}
 
 
 def _newc_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> bytes:
