@@ -11,11 +11,28 @@ leaks KeyError/StreamError on hostile input.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 from elftools.elf.enums import ENUM_E_MACHINE
 
 from klpd.errors import ElfFormatError
+
+T = TypeVar("T")
+
+# What a malformed file can make parsing code raise before a check catches it; turned into ElfFormatError at the
+# API boundary (parse_guarded) so that no caller ever sees a traceback for a bad file.
+PARSE_ERRORS = (struct.error, ValueError, IndexError, KeyError, UnicodeError, OverflowError)
+
+
+def parse_guarded(parse: Callable[[bytes, str], T], data: bytes, path: str) -> T:
+    """``parse(data, path)``, any error a malformed file provokes reported as ElfFormatError naming ``path``."""
+    try:
+        return parse(data, path)
+    except ElfFormatError:
+        raise
+    except PARSE_ERRORS as exc:
+        raise ElfFormatError(path, f"malformed ELF: {exc}") from None
 
 ELFCLASS32 = 1
 ELFCLASS64 = 2

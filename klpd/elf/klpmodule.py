@@ -24,10 +24,9 @@ import types
 from collections.abc import Sequence
 from pathlib import Path
 
-from klpd.elf._raw import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Shdr, cstring
+from klpd.elf._raw import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Shdr, cstring, parse_guarded
 from klpd.elf.decompress import read_module_file
 from klpd.elf.reloc_types import reloc_type_name
-from klpd.errors import ElfFormatError
 from klpd.model import (
     KSYM_NAME_MAX,
     MODULE_NAME_MAX,
@@ -51,11 +50,6 @@ from klpd.names import (
     rela_object_truncated,
 )
 
-# What a malformed file can make the parsing code below raise before a check catches it; turned into
-# ElfFormatError at the API boundary so that no caller ever sees a traceback for a bad file.
-_PARSE_ERRORS = (struct.error, ValueError, IndexError, KeyError, UnicodeError, OverflowError)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # .modinfo
 
@@ -76,12 +70,7 @@ def _modinfo_from(elf: ElfFile) -> Modinfo:
 
 def parse_modinfo(data: bytes, path: str) -> Modinfo:
     """The ``.modinfo`` strings of a module file's ELF bytes (cheap: reads only the section headers and .modinfo)."""
-    try:
-        return _modinfo_from(ElfFile(data, path))
-    except ElfFormatError:
-        raise
-    except _PARSE_ERRORS as exc:
-        raise ElfFormatError(path, f"malformed ELF: {exc}") from None
+    return parse_guarded(lambda d, p: _modinfo_from(ElfFile(d, p)), data, path)
 
 
 def read_modinfo(path: Path) -> Modinfo:
@@ -422,12 +411,7 @@ def parse_patch_module(data: bytes, path: str) -> PatchModule:
     Any file parses unless it is not a well-formed ELF relocatable object (then :class:`ElfFormatError`); a
     module that is not a livepatch module at all parses too, with a ``not_livepatch_module`` problem.
     """
-    try:
-        return _parse_patch_module(data, path)
-    except ElfFormatError:
-        raise
-    except _PARSE_ERRORS as exc:
-        raise ElfFormatError(path, f"malformed ELF: {exc}") from None
+    return parse_guarded(_parse_patch_module, data, path)
 
 
 def read_patch_module(path: Path, display_path: str | None = None) -> PatchModule:

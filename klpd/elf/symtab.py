@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from klpd.elf._raw import SHF_ALLOC, SHF_EXECINSTR, ElfFile, Shdr, cstring
+from klpd.elf._raw import SHF_ALLOC, SHF_EXECINSTR, ElfFile, Shdr, cstring, parse_guarded
 from klpd.elf.decompress import read_module_file
-from klpd.elf.klpmodule import _PARSE_ERRORS
-from klpd.errors import ElfFormatError
 from klpd.model import SHN_ABS, SHN_UNDEF, ModuleSymtab
 
 _PERCPU_SECTION = ".data..percpu"
@@ -72,12 +70,7 @@ def _parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:
 
 def parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:
     """The symbol table of a module file's ELF bytes as the kernel iterates it; see :class:`ModuleSymtab`."""
-    try:
-        return _parse_module_symtab(data, path)
-    except ElfFormatError:
-        raise
-    except _PARSE_ERRORS as exc:
-        raise ElfFormatError(path, f"malformed ELF: {exc}") from None
+    return parse_guarded(_parse_module_symtab, data, path)
 
 
 def read_module_symtab(path: Path) -> ModuleSymtab:
