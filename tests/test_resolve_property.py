@@ -7,29 +7,10 @@ from hypothesis import strategies as st
 
 from klpd.model import SymbolStatus
 from klpd.resolve import lookup
+from tests.klp_reference import kernel_find_object_symbol
 
 NAMES = st.sampled_from(["foo", "bar", "foo.isra.0", "baz", "qux"])
 TABLE = st.lists(st.tuples(NAMES, st.sampled_from([0, 0x1000, 0x2000, 0xFFFFFFFF81000000])), max_size=30)
-
-
-def kernel_find_object_symbol(table: list[tuple[str, int]], name: str, sympos: int) -> SymbolStatus:
-    """kernel/livepatch/core.c: klp_find_callback() + klp_find_object_symbol(), line by line."""
-    count = 0
-    addr = 0
-    for sym_name, sym_addr in table:
-        if sym_name != name:
-            continue
-        count += 1
-        addr = sym_addr
-        if (sympos and count == sympos) or (not sympos and count > 1):
-            break
-    if addr == 0:
-        return SymbolStatus.NOT_FOUND
-    if count > 1 and sympos == 0:
-        return SymbolStatus.AMBIGUOUS
-    if sympos != count and sympos > 0:
-        return SymbolStatus.SYMPOS_NOT_FOUND
-    return SymbolStatus.OK
 
 
 @settings(max_examples=3000, deadline=None)

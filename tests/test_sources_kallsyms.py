@@ -15,6 +15,7 @@ from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_module
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms
 from tests.fixtures import FixtureRoot, kallsyms_line
+from tests.klp_reference import kernel_find_object_symbol
 
 BASE = 0xFFFFFFFF81000000
 VMLINUX = [
@@ -324,25 +325,6 @@ def test_repeated_names_within_and_across_blocks_keep_file_order(monkeypatch):
 # find(): counts and zero addresses, without a per-line index
 
 
-def kernel_verdict(table, name, sympos):
-    """klp_find_object_symbol() over (name, address) lines, as tests/test_resolve_property.py transcribes it."""
-    count = addr = 0
-    for sym_name, sym_addr in table:
-        if sym_name != name:
-            continue
-        count += 1
-        addr = sym_addr
-        if (sympos and count == sympos) or (not sympos and count > 1):
-            break
-    if addr == 0:
-        return SymbolStatus.NOT_FOUND
-    if count > 1 and sympos == 0:
-        return SymbolStatus.AMBIGUOUS
-    if sympos != count and sympos > 0:
-        return SymbolStatus.SYMPOS_NOT_FOUND
-    return SymbolStatus.OK
-
-
 TABLE_NAMES = st.sampled_from(["foo", "bar", "foo.isra.0", "b", "percpu_var"])
 
 
@@ -368,7 +350,7 @@ def test_find_resolves_as_the_kernel_does(table, width, odd_line, sympos):
         assert found.matches == len(addresses)
         verdict = lookup_occurrences(found, sympos, k.addresses_visible)
         if k.addresses_visible:
-            assert verdict == kernel_verdict(table, name, sympos)
+            assert verdict == kernel_find_object_symbol(table, name, sympos)
         else:  # every address reads 0: names and order decide, as with the real addresses
             assert verdict == lookup(tuple(1 for _ in addresses), sympos)
 
