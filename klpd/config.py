@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from klpd.errors import ConfigError
+from klpd.names import kernel_decimal
 from klpd.root import DEFAULT_PATCH_DIRS, SystemRoot
 
 DEFAULT_CONFIG_PATH = Path("/etc/klpd/klpd.toml")
@@ -194,9 +195,9 @@ def parse_listen(text: str, where: _Where | None = None) -> ListenAddress:
             where.fail(f"{text!r}: write an IPv6 address in brackets, as [{host}]:{port_text}")
         if host and not _valid_host(host):
             where.fail(f"{host!r} in {text!r} is neither an IP address nor a host name")
-    if not port_text.isdigit() or not port_text.isascii():
+    port = kernel_decimal(port_text)
+    if port is None:
         where.fail(f"port {port_text!r} in {text!r} is not a number")
-    port = int(port_text)
     if port > 65535:
         where.fail(f"port {port} in {text!r} is out of range (0-65535)")
     return ListenAddress(host, port)
@@ -259,9 +260,7 @@ def _patch_dirs(where: _Where, value: object) -> tuple[str, ...]:
     dirs = []
     for i, item in enumerate(value):
         item_where = _Where(where.path, f"{where.key}[{i}]")
-        text = _string(item_where, item)
-        if not text.startswith("/"):
-            item_where.fail(f"must be an absolute path, not {text!r}")
+        text = str(_absolute_path(item_where, item, optional=False))
         if "{" in text.replace("{release}", "") or "}" in text.replace("{release}", ""):
             item_where.fail(f"{text!r}: the only placeholder is {{release}} (the running kernel release)")
         dirs.append(text)

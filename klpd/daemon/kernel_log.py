@@ -40,6 +40,7 @@ from typing import Any
 
 from klpd.daemon.events import Batch, Event
 from klpd.errors import SourceError
+from klpd.names import kernel_decimal
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,13 @@ def parse_kmsg_record(line: bytes) -> KmsgRecord | None:
     if not sep:
         return None
     fields = header.split(b",")
-    if len(fields) < 4 or not all(f.isdigit() for f in fields[:3]):
+    if len(fields) < 4:
+        return None
+    priority, seq, usec = (kernel_decimal(f) for f in fields[:3])
+    if priority is None or seq is None or usec is None:
         return None
     # The kernel escapes non-printable bytes as \xNN; names in livepatch messages never need escaping.
-    text = message.decode("utf-8", "replace")
-    return KmsgRecord(int(fields[0]), int(fields[1]), int(fields[2]), text)
+    return KmsgRecord(priority, seq, usec, message.decode("utf-8", "replace"))
 
 
 def kernel_time(usec: int, now: float) -> float:
@@ -310,8 +313,8 @@ def _entry_time(entry: Mapping[str, Any], now: float) -> float:
     source = entry.get("_SOURCE_MONOTONIC_TIMESTAMP")
     if isinstance(source, timedelta):
         return kernel_time(source // timedelta(microseconds=1), now)
-    if isinstance(source, (bytes, str)) and source.isdigit():
-        return kernel_time(int(source), now)
+    if isinstance(source, (bytes, str)) and (usec := kernel_decimal(source)) is not None:
+        return kernel_time(usec, now)
     stamp = entry.get("__REALTIME_TIMESTAMP")
     if isinstance(stamp, datetime):
         return min(now, stamp.timestamp())

@@ -12,6 +12,8 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
+from klpd.names import kernel_decimal
+
 log = logging.getLogger(__name__)
 
 
@@ -28,11 +30,12 @@ def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
     """Seconds between watchdog pings (half of WatchdogSec=), or None when no watchdog is asked for."""
     usec = environ.get("WATCHDOG_USEC", "")
     owner = environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0:
+    interval = kernel_decimal(usec)
+    if not interval:  # absent, malformed or 0
         return None
     if owner and owner != str(pid):
         return None
-    return int(usec) / 2e6
+    return interval / 2e6
 
 
 class Notifier:

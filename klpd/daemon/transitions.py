@@ -23,6 +23,7 @@ from typing import Any
 from klpd.daemon.kernel_log import LivepatchEvent, LivepatchMessage
 from klpd.errors import FormatError
 from klpd.model import HostStatus
+from klpd.names import kernel_decimal
 from klpd.root import SystemRoot
 
 KLP_UNDEFINED = -1
@@ -67,7 +68,7 @@ class TaskScan:
 def _numeric_entries(path: str) -> list[int]:
     try:
         with os.scandir(path) as it:
-            return [int(e.name) for e in it if e.name.isdigit()]
+            return [n for e in it if (n := kernel_decimal(e.name)) is not None]
     except OSError:
         return []  # the process exited while we looked
 

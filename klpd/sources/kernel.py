@@ -14,6 +14,7 @@ import os
 
 from klpd.errors import FormatError, SourceError
 from klpd.model import KernelInfo, Problem, Severity
+from klpd.names import kernel_decimal
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, os_reason, unreadable
 
@@ -26,11 +27,10 @@ def parse_osrelease(text: str, path: str) -> str:
 
 
 def parse_tainted(text: str, path: str) -> int:
-    value = text.strip()
-    # The kernel prints an unsigned long; 20 digits bound it, and the bound keeps int() cheap on hostile input.
-    if not value.isdigit() or len(value) > 20:
+    value = kernel_decimal(text.strip())  # an unsigned long
+    if value is None:
         raise FormatError(path, f"not a taint mask: {text[:60]!r}")
-    return int(value)
+    return value
 
 
 def _release(root: SystemRoot, problems: list[Problem]) -> str:

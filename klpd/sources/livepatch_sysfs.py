@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from klpd.errors import FormatError
 from klpd.model import Problem, Severity, SysfsFunction, SysfsObject, SysfsPatch
+from klpd.names import kernel_decimal
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, unreadable
 
@@ -36,18 +37,19 @@ def parse_bool_attribute(text: str, path: str) -> bool:
 
 def parse_int_attribute(text: str, path: str) -> int:
     """A ``%d\\n`` integer attribute (stack_order)."""
-    value = text.strip()
-    if not value.lstrip("-").isdigit() or len(value) > 20:
-        raise FormatError(path, f"expected an integer, found {value[:40]!r}")
-    return int(value)
+    value = kernel_decimal(text.strip(), signed=True)
+    if value is None:
+        raise FormatError(path, f"expected an integer, found {text.strip()[:40]!r}")
+    return value
 
 
 def parse_function_dir(name: str) -> SysfsFunction | None:
     """``<function>,<sympos>``: a function name never holds ',' but may hold '.', so split at the last ','."""
     function, comma, sympos = name.rpartition(",")
-    if not comma or not function or not sympos.isdigit():
+    position = kernel_decimal(sympos)
+    if not comma or not function or position is None:
         return None
-    return SysfsFunction(function, int(sympos))
+    return SysfsFunction(function, position)
 
 
 class _PatchReader:

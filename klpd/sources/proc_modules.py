@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from klpd.errors import SourceError
 from klpd.model import LoadedModule, Problem, Severity
+from klpd.names import kernel_decimal
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, malformed_lines, os_reason
 
@@ -25,10 +26,12 @@ _PERMANENT = "[permanent]"
 def parse_module_line(line: str) -> LoadedModule | None:
     """One /proc/modules line, or None when it does not have the kernel's layout."""
     fields = line.split()
-    if len(fields) not in (6, 7) or not fields[1].isdigit() or not fields[5].startswith("0x"):
+    if len(fields) not in (6, 7) or not fields[5].startswith("0x"):
         return None
-    name, size, refcount, used_by, state = fields[:5]
-    if refcount != "-" and not refcount.lstrip("-").isdigit():  # module_refcount() is an int: may show -1
+    name, size_text, refcount_text, used_by, state = fields[:5]
+    size = kernel_decimal(size_text)
+    refcount = None if refcount_text == "-" else kernel_decimal(refcount_text, signed=True)  # an int: may be -1
+    if size is None or (refcount is None and refcount_text != "-"):
         return None
     taint = ""
     if len(fields) == 7:
@@ -39,8 +42,8 @@ def parse_module_line(line: str) -> LoadedModule | None:
     users = () if used_by == "-" else tuple(u for u in used_by.split(",") if u and u != _PERMANENT)
     return LoadedModule(
         name=name,
-        size=int(size),
-        refcount=None if refcount == "-" else int(refcount),
+        size=size,
+        refcount=refcount,
         used_by=users,
         state=state,
         taint=taint,
