@@ -238,14 +238,25 @@ class Evaluator:
         return Evaluation(status, time.monotonic() - started, up, self._watch_dirs(system.kernel.release))
 
     def _watch_dirs(self, release: str) -> tuple[Path, ...]:
+        """Each patch directory, or its nearest existing ancestor, for the daemon's inotify watch."""
         dirs: list[Path] = []
         for d in self.root.patch_dirs_for(release):
             probe = d
-            while not probe.exists() and probe != probe.parent:
+            while not _exists(probe) and probe != probe.parent:
                 probe = probe.parent
             if probe not in dirs:
                 dirs.append(probe)
         return tuple(dirs)
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists(), False also where a parent cannot be searched (a non-root klpctl and /var/lib/kpatch 0700):
+    find_patch_files() reports that directory, this only decides what to watch."""
+    try:
+        path.stat()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _choose(candidates: list[tuple[Path, PatchModule | None, Problem | None]], loaded_srcversion: str | None,

@@ -162,7 +162,8 @@ def _symbol_status(
             # Had the module loaded after the patch, klp_module_coming() would have searched its full symtab.
             full = _symtab_pick(symtab, name, sympos, None)
             core = _symtab_pick(symtab, name, sympos, _core_bit(kallsyms))
-            load_order_dependent = full.status != status or (full.status is SymbolStatus.OK and full != core)
+            # The answer now is the core symtab's (what kallsyms shows): compare the status and the entry chosen.
+            load_order_dependent = full.status is not status or full.entry != core.entry
     elif obj == sec_obj:
         # klp_module_coming(): the module being loaded, its full ELF symtab.
         symtab = symtabs.get(obj)

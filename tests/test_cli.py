@@ -117,3 +117,26 @@ def test_console_script_runs(fx: FixtureRoot) -> None:
         [klpctl, "status", "--direct", "--root", "/nonexistent"], capture_output=True, text=True, check=False
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+
+def test_status_direct_when_a_patch_dir_cannot_be_searched(tmp_path, monkeypatch, capsys):
+    """A non-root klpctl where /var/lib/kpatch is 0700 (simulated: root searches anything): an answer, not a
+    traceback."""
+    fx = FixtureRoot(tmp_path)
+    fx.kernel(RELEASE, tainted=0)
+    fx.kallsyms(vmlinux=[(0xFFFFFFFF81000000, "T", "_text")])
+    fx.proc_modules([])
+    fx.modules_dep(RELEASE, {})
+    fx.mkdir("/var/lib/kpatch")
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if "kpatch" in self.parts and self.name != "kpatch":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    code = main(["status", "--direct", "--json", "--root", str(fx.path)])
+    assert code in (0, 1)
+    assert json.loads(capsys.readouterr().out)["schema"] == "klpd.status/1"

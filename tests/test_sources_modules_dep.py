@@ -60,3 +60,10 @@ def test_missing_is_empty_with_a_problem(tmp_path):
     assert len(dep) == 0 and dep.get("ext4") is None
     (problem,) = dep.problems
     assert problem.severity == "warning" and "/lib/modules/6.1.0/modules.dep" in problem.message
+
+
+def test_a_path_holding_nul_is_a_malformed_line():
+    dep = parse_modules_dep("kernel/a\0b/evil.ko:\nkernel/fs/ok.ko:\n", "/lib/modules/r/modules.dep")
+    assert dep.names() == frozenset({"ok"})
+    (problem,) = dep.problems
+    assert "1 malformed line" in problem.message

@@ -269,3 +269,15 @@ def test_same_answer_different_function_is_a_load_order_hazard() -> None:
         patch_with(("target_mod", "tgt_fn", 1)), system(), {"target_mod": target_symtab(("tgt_fn", ".text"))}
     )
     assert not symbol(unique, "target_mod", "tgt_fn").load_order_dependent
+
+
+def test_loaded_module_same_entry_either_way_is_no_hazard() -> None:
+    # dup_init in .text first, then in .init.text: sympos 1 names the .text copy in the full and the core symtab
+    # alike, though the full one counts two names and the core one (kallsyms) one.
+    kallsyms = KALLSYMS + "ffffffffc0009000 t dup_init\t[target_mod]\n"
+    symtab = target_symtab(("dup_init", ".text"), ("dup_init", ".init.text"))
+    sys_state = system(kallsyms, modules=("loaded_mod", "target_mod"))
+    _, p = evaluate(patch_with(("target_mod", "dup_init", 1)), sys_state, {"target_mod": symtab})
+    result = symbol(p, "target_mod", "dup_init")
+    assert result.status is SymbolStatus.OK
+    assert not result.load_order_dependent

@@ -51,7 +51,7 @@ class ModulesDep:
 
 
 def _host_path(entry: str, base: str) -> str | None:
-    if not entry.endswith(MODULE_SUFFIXES):
+    if not entry.endswith(MODULE_SUFFIXES) or "\0" in entry:  # no file system path holds a NUL
         return None
     return posixpath.normpath(posixpath.join(base, entry))
 
