@@ -207,3 +207,27 @@ def test_journal_entry_time_falls_back_to_when_journald_stored_it():
     ])  # fmt: skip
     batch = JournalSource(reader, clock=lambda: now).read()
     assert [e.time for e in batch.events] == [pytest.approx(now - 5), now]
+
+
+def test_one_overrun_is_one_lost_event(tmp_path, monkeypatch):
+    """/dev/kmsg after an overrun: EPIPE once, then the oldest record still kept, its sequence number jumped."""
+    from klpd.daemon import kernel_log
+
+    fifo = tmp_path / "kmsg"
+    os.mkfifo(fifo)
+    source = KmsgSource(fifo)
+    source._record_reads = True  # what the character device sets (a FIFO cannot raise EPIPE)
+    reads = iter([b"6,1,10,-;a\n", BrokenPipeError(), b"6,40,20,-;b\n", b"6,41,30,-;c\n", BlockingIOError()])
+
+    def read(fd, size):
+        item = next(reads)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    monkeypatch.setattr(kernel_log.os, "read", read)
+    try:
+        assert source.read().lost == 1
+    finally:
+        monkeypatch.undo()
+        source.close()

@@ -263,3 +263,70 @@ def test_a_client_hanging_up_early_leaves_no_traceback(running, capfd):
     time.sleep(0.2)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+class _BrokenSource(_ScriptedSource):
+    """A source with a bug: its first read raises something no source is supposed to raise."""
+
+    name = "broken"
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 1:
+            import os
+
+            os.read(self.r, 1)
+            raise RuntimeError("a bug in a source")
+        return super().read()
+
+
+def test_a_failing_source_is_dropped_and_a_reload_brings_it_back(tmp_path):
+    import os
+
+    host = Host(tmp_path / "host")
+    config = Config(root=host.path, socket=None, listen=None)
+    source = _BrokenSource()
+    agent = Agent(config, sources=[source], config_loader=lambda: config, notifier=Notifier(send=lambda s: None))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.snapshot is not None, what="first evaluation")
+        os.write(source.w, b"x")
+        wait_for(lambda: agent.snapshot.metrics.stats.source_up.get("broken") is False, what="source marked down")
+        assert thread.is_alive()  # the agent goes on without it
+        agent.request_reload()
+        wait_for(lambda: agent.snapshot.metrics.stats.source_up.get("broken") is True, what="source back up")
+        os.write(source.w, b"x")
+        wait_for(lambda: agent.snapshot.metrics.stats.events.get("broken") == 1, what="its events counted again")
+    finally:
+        agent.request_stop()
+        thread.join(5)
+        agent.close()
+
+
+def test_an_immediate_resync_is_not_postponed_by_later_events(tmp_path):
+    host = Host(tmp_path / "host")
+    agent = Agent(Config(root=host.path, socket=None, listen=None, coalesce_delay=5.0), sources=[])
+    try:
+        agent.handle("kmsg", Batch((), lost=1))  # lost events: evaluate now
+        agent.handle("udev", Batch((Event(time.time(), "udev", "add", "m"),)))
+        assert agent._deadline == 0.0
+    finally:
+        agent.close()
+
+
+def test_status_line_counts_a_refused_module_load_as_a_problem():
+    import json
+
+    from klpd.daemon.loop import summarize
+    from klpd.outputs.json import status_from_document
+
+    golden = Path(__file__).parent / "golden" / "status"
+    refused = status_from_document(json.loads((golden / "refused.json").read_text()))
+    assert summarize(refused) == "1 patches (1 enabled), 1 with problems"  # klpctl exits 1 on this host
+    loaded = status_from_document(json.loads((golden / "loaded.json").read_text()))
+    assert summarize(loaded) == "1 patches (1 enabled)"

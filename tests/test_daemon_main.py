@@ -201,3 +201,21 @@ def test_real_metrics_output_passes_promtool(daemon):
     assert b"klpd_build_info" in body and b"klpd_patch_will_load" in body
     result = promtool_check(body)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_api_socket_in_a_directory_it_cannot_search_is_a_setup_error(tmp_path, monkeypatch):
+    """lstat() of the old socket fails with EACCES (a non-root daemon, simulated): the clear SetupError that
+    names the socket and the way out, not a PermissionError traceback (at start, or on SIGHUP)."""
+    from klpd.daemon.api import ApiServer, SetupError
+
+    path = tmp_path / "run" / "klpd.sock"
+    real_lstat = Path.lstat
+
+    def lstat(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_lstat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "lstat", lstat)
+    with pytest.raises(SetupError, match=r"cannot create the API socket .*klpd\.sock: Permission denied.*--socket"):
+        ApiServer(path, 0o660, lambda: None).start()

@@ -168,7 +168,12 @@ class ApiServer:
             self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
             raise _setup_error("directory of the API socket", str(self.path.parent), exc, hint) from exc
-        _remove_stale(self.path)
+        try:
+            _remove_stale(self.path)
+        except SetupError:
+            raise
+        except OSError as exc:  # from lstat() or unlink() of the old socket
+            raise _setup_error("API socket", str(self.path), exc, hint) from exc
         server = _UnixHTTPServer(str(self.path), self._get)
         try:
             server.server_bind()

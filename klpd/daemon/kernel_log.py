@@ -197,8 +197,9 @@ class KmsgSource:
                 break
             except BrokenPipeError:
                 # EPIPE: the ring buffer overwrote records before we read them; the next read goes on from the
-                # oldest record still there.
+                # oldest record still there, whose sequence number jumps: the same loss, not a second one.
                 lost += 1
+                self._last_seq = None
                 continue
             if not chunk:
                 break

@@ -24,7 +24,7 @@ import logging
 import os
 import selectors
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,10 +42,11 @@ from klpd.daemon.kernel_log import JournalSource, KmsgSource, LivepatchEvent, Li
 from klpd.daemon.systemd_notify import Notifier
 from klpd.daemon.transitions import Transition, TransitionTracker, blocking_counts, start_times
 from klpd.errors import ConfigError, KlpdError
-from klpd.model import HostStatus, Severity
+from klpd.model import HostStatus
 from klpd.outputs.json import status_document
 from klpd.outputs.metrics import DaemonStats, ExpositionCache, MetricsSnapshot, patch_state, write_textfile
 from klpd.root import SystemRoot
+from klpd.status import patch_has_problems, undetermined
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,15 @@ class _Counters:
 
 
 def summarize(status: HostStatus) -> str:
-    """The one-line STATUS= text: how many patches in which state, and how many with errors."""
-    states: dict[str, int] = {}
-    for p in status.patches:
-        states[patch_state(p)] = states.get(patch_state(p), 0) + 1
-    bad = sum(1 for p in status.patches if not p.will_load or any(x.severity is Severity.ERROR for x in p.problems))
+    """The one-line STATUS= text: how many patches in which state, and how many with problems (as klpctl counts
+    them: a refused module load or a failing symbol too)."""
+    states = Counter(patch_state(p) for p in status.patches)
+    bad = sum(1 for p in status.patches if patch_has_problems(p))
     parts = [f"{n} {s.replace('_', ' ')}" for s, n in sorted(states.items())]
     text = f"{len(status.patches)} patches" + (f" ({', '.join(parts)})" if parts else "")
     if bad:
         text += f", {bad} with problems"
-    if any(p.severity is Severity.ERROR for p in status.problems):
+    if undetermined(status):
         text += ", sources unreadable"
     return text
 
@@ -328,13 +328,21 @@ class Agent:
             batch = source.read()
         except (OSError, KlpdError) as exc:
             log.error("event source %s failed, dropping it until a reload: %s", source.name, exc)
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(source.fileno())
-            self._source_up[source.name] = False
-            self._sources.remove(source)
-            self._deadline = 0.0
+        except Exception:  # a bug in a source must not take the agent down; the log has the traceback
+            log.exception("event source %s failed unexpectedly, dropping it until a reload", source.name)
+        else:
+            self.handle(source.name, batch)
             return
-        self.handle(source.name, batch)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(source.fileno())
+        self._sources.remove(source)
+        if source is self._watcher:
+            self._watcher = None  # else each evaluation would mark it up again
+        if self._injected is None:
+            with contextlib.suppress(Exception):
+                source.close()
+        self._source_up[source.name] = False
+        self._deadline = 0.0
 
     def handle(self, name: str, batch: Batch) -> None:
         """Count a source's batch, remember what matters and arm the evaluation timer."""
@@ -349,7 +357,8 @@ class Agent:
             if self._burst_start is None:
                 self._burst_start = now
             deadline = min(now + self.config.coalesce_delay, self._burst_start + MAX_COALESCE_WAIT)
-            if self._deadline is None or deadline > self._deadline:
+            # Coalesce: push a pending evaluation later, but never one that is due now (lost events, a reload).
+            if self._deadline is None or (self._deadline != 0.0 and deadline > self._deadline):
                 self._deadline = deadline
         if batch.lost:
             c.lost[name] = c.lost.get(name, 0) + batch.lost
@@ -504,7 +513,8 @@ class Agent:
         if (new.root, new.patch_dirs) != (old.root, old.patch_dirs):
             self.root = new.system_root()
             self.evaluator = self._evaluator_factory(self.root)
-        if (new.root, new.kernel_log, new.uevent_source) != (old.root, old.kernel_log, old.uevent_source):
+        sources_changed = (new.root, new.kernel_log, new.uevent_source) != (old.root, old.kernel_log, old.uevent_source)
+        if sources_changed or not all(self._source_up.values()):  # a reload also reopens the sources that failed
             self.close_sources()
             self.open_sources()
         if (new.socket, new.socket_mode, new.listen) != (old.socket, old.socket_mode, old.listen):
