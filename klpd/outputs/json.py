@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
@@ -41,6 +42,18 @@ def decode(cls: type[T], data: Any) -> T:
     return typing.cast(T, _decode(cls, data))
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[tuple[str, Any], ...], tuple[str, ...]]:
+    """A dataclass's (field name, resolved type) pairs and its fields without a default, once per class:
+    get_type_hints() evaluates string annotations, costly for each of thousands of symbols in a document."""
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    required = tuple(
+        f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    return tuple((f.name, hints[f.name]) for f in fields), required
+
+
 def _decode(hint: Any, data: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -68,13 +81,9 @@ def _decode(hint: Any, data: Any) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(data, dict):
             raise ValueError(f"expected an object for {hint.__name__}, got {data!r}")
-        hints = typing.get_type_hints(hint)
-        kwargs = {f.name: _decode(hints[f.name], data[f.name]) for f in dataclasses.fields(hint) if f.name in data}
-        missing = [
-            f.name
-            for f in dataclasses.fields(hint)
-            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
+        fields, required = _fields(hint)
+        kwargs = {name: _decode(field_hint, data[name]) for name, field_hint in fields if name in data}
+        missing = [name for name in required if name not in data]
         if missing:
             raise ValueError(f"{hint.__name__}: missing {', '.join(missing)}")
         return hint(**kwargs)
