@@ -330,3 +330,46 @@ def test_status_line_counts_a_refused_module_load_as_a_problem():
     assert summarize(refused) == "1 patches (1 enabled), 1 with problems"  # klpctl exits 1 on this host
     loaded = status_from_document(json.loads((golden / "loaded.json").read_text()))
     assert summarize(loaded) == "1 patches (1 enabled)"
+
+
+def test_a_failed_evaluation_is_published(tmp_path):
+    """/proc/kallsyms unreadable: systemd still gets READY, and the API and metrics say what failed instead of
+    503 'starting' for ever (first evaluation) or a stale 'ok' (later ones)."""
+    import json
+
+    from klpd.errors import SourceError
+
+    host = Host(tmp_path / "host")
+    failing = {"now": True}
+
+    class Flaky(Evaluator):
+        def evaluate(self, files=None):
+            if failing["now"]:
+                raise SourceError("/proc/kallsyms", "cannot read: Permission denied")
+            return super().evaluate(files)
+
+    notes: list[str] = []
+    config = Config(root=host.path, socket=None, listen=None)
+    agent = Agent(config, sources=[], evaluator_factory=Flaky, notifier=Notifier(send=notes.append, environ={}))
+    try:
+        agent.evaluate_now()
+        snap = agent.snapshot
+        assert snap is not None
+        health = json.loads(snap.health_json)
+        assert health["status"] == "error" and "Permission denied" in health["summary"]
+        assert health["sources"]["kallsyms"] is False
+        doc = json.loads(snap.status_json)
+        assert [p["code"] for p in doc["problems"]] == ["evaluation_failed"]
+        assert any(n.startswith("READY=1") for n in notes)
+        failing["now"] = False
+        agent.evaluate_now()
+        assert json.loads(agent.snapshot.health_json)["status"] == "ok"
+        good = json.loads(agent.snapshot.status_json)
+        failing["now"] = True
+        agent.evaluate_now()
+        stale = json.loads(agent.snapshot.status_json)
+        assert stale["patches"] == good["patches"]  # the last good answer, flagged
+        assert [p["code"] for p in stale["problems"]][-1] == "evaluation_failed"
+        assert json.loads(agent.snapshot.health_json)["status"] == "error"
+    finally:
+        agent.close()

@@ -42,7 +42,7 @@ from klpd.daemon.kernel_log import JournalSource, KmsgSource, LivepatchEvent, Li
 from klpd.daemon.systemd_notify import Notifier
 from klpd.daemon.transitions import Transition, TransitionTracker, blocking_counts, start_times
 from klpd.errors import ConfigError, KlpdError
-from klpd.model import HostStatus
+from klpd.model import HostStatus, Problem, Severity
 from klpd.outputs.json import status_document
 from klpd.outputs.metrics import DaemonStats, ExpositionCache, MetricsSnapshot, patch_state, write_textfile
 from klpd.root import SystemRoot
@@ -196,6 +196,7 @@ class Agent:
         self._next_watchdog: float | None = None
         self._in_transition = False
         self._last_evaluation: Evaluation | None = None
+        self._last_transitions: tuple[Transition, ...] = ()
         self._last_duration: float | None = None
         self._last_timestamp: float | None = None
         self._started = wall_clock()
@@ -403,17 +404,22 @@ class Agent:
         done = self._clock()
         self._next_resync = done + (min(self.config.resync_interval, TRANSITION_RECHECK)
                                     if self._in_transition else self.config.resync_interval)  # fmt: skip
+        self._last_transitions = tuple(transitions)
         self.publish(evaluation.status, transitions)
         self._trim()
 
     def _failed(self, now: float, reason: str) -> None:
+        """Publish the failure: the last good status (or an empty one) with the reason as an error problem, so
+        /v1/health says "error", klpctl status says it could not determine, and klpd_source_up shows it."""
         self._next_resync = now + min(self.config.resync_interval, RETRY_AFTER_FAILURE)
-        self._eval_up = {**self._eval_up, "kallsyms": False} if self._eval_up else {"kallsyms": False}
-        if not self._ready_sent:  # systemd must not wait forever for a host it cannot read
-            self._ready_sent = True
-            self.notifier.ready(f"evaluation failed: {reason}")
+        self._eval_up = {**self._eval_up, "kallsyms": False}
+        problem = Problem("evaluation_failed", Severity.ERROR, f"evaluation failed: {reason}")
+        last = self._last_evaluation
+        if last is not None:
+            status = replace(last.status, problems=(*last.status.problems, problem))
         else:
-            self.notifier.status(f"evaluation failed: {reason}")
+            status = HostStatus("", None, None, False, False, (), (problem,))
+        self.publish(status, self._last_transitions, error=problem.message)
 
     def _stats(self, transitions: Sequence[Transition]) -> DaemonStats:
         c = self._counters
@@ -455,13 +461,16 @@ class Agent:
             "events": [e.as_json() for e in reversed(c.recent_events)],  # newest first
         }
 
-    def publish(self, status: HostStatus, transitions: Sequence[Transition]) -> DaemonSnapshot:
-        """Build and swap in the snapshot; pre-render its metrics, notify systemd, write the textfile."""
+    def publish(
+        self, status: HostStatus, transitions: Sequence[Transition], error: str | None = None
+    ) -> DaemonSnapshot:
+        """Build and swap in the snapshot; pre-render its metrics, notify systemd, write the textfile. ``error``:
+        the evaluation failed, and ``status`` is the last good one (or empty) carrying the reason."""
         stats = self._stats(transitions)
         daemon = self._daemon_info(stats, transitions)
-        summary = summarize(status)
+        summary = error or summarize(status)
         health = {
-            "status": "ok",
+            "status": "error" if error else "ok",
             "summary": summary,
             "evaluations": stats.evaluations,
             "last_evaluation": stats.evaluation_timestamp_seconds,
