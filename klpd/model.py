@@ -7,6 +7,7 @@ kernel cannot provide are optional (``None`` = the kernel does not expose it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -201,6 +202,18 @@ class ModuleSymtab:
     CORE_WITH_KALLSYMS_ALL = 1  # kept when CONFIG_KALLSYMS_ALL=y
     CORE_TEXT_ONLY = 2  # kept when CONFIG_KALLSYMS_ALL=n (executable sections only)
     ZERO_ADDRESS = 4  # resolves to address 0 (an absolute symbol of value 0): "not found" to the kernel
+
+    def entries(self, name: str) -> tuple[int, ...]:
+        """Indexes (into ``names``) of the entries named ``name``, in order; the index is built on first use and
+        lives as long as this object (the daemon's ModuleCache keeps it across evaluations)."""
+        return self._by_name.get(name, ())
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, tuple[int, ...]]:
+        index: dict[str, list[int]] = {}
+        for i, entry in enumerate(self.names):
+            index.setdefault(entry, []).append(i)
+        return {entry: tuple(found) for entry, found in index.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------

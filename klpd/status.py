@@ -207,11 +207,7 @@ def _core_bit(kallsyms: SymbolIndex) -> int:
 
 def _symtab_pick(symtab: ModuleSymtab, name: str, sympos: int, core_bit: int | None) -> _Pick:
     """klp_find_object_symbol() over a .ko symtab: the full one (``core_bit`` None) or its core part."""
-    entries = [
-        i
-        for i, (entry, flags) in enumerate(zip(symtab.names, symtab.flags, strict=True))
-        if entry == name and (core_bit is None or flags & core_bit)
-    ]
+    entries = [i for i in symtab.entries(name) if core_bit is None or symtab.flags[i] & core_bit]
     addresses = tuple(0 if symtab.flags[i] & ModuleSymtab.ZERO_ADDRESS else 1 for i in entries)
     status = lookup(addresses, sympos, True)
     entry = entries[max(sympos, 1) - 1] if status is SymbolStatus.OK else None
