@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from klpd.elf import read_module_symtab, read_patch_module
+from klpd.elf import parse_modinfo, parse_patch_module, read_module_symtab, read_patch_module
+from klpd.elf.decompress import read_module_file as read_module_bytes
 from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity
 from klpd.names import module_name_from_filename, parse_klp_rela_name, parse_klp_sym_name
@@ -36,11 +37,23 @@ def read_module_file(path: Path, display: str | None = None) -> tuple[PatchModul
         return None, _file_problem(exc, shown)
 
 
+def read_installed_file(path: Path, display: str) -> tuple[PatchModule | None, Problem | None] | None:
+    """A file found in a patch directory: parsed, or a Problem naming it; None for an ordinary module (extra/ and
+    updates/ hold DKMS drivers too), recognised by its modinfo alone and not parsed further."""
+    try:
+        data = read_module_bytes(path, display)
+        if not parse_modinfo(data, display).livepatch:
+            return None
+        return parse_patch_module(data, display), None
+    except (KlpdError, OSError) as exc:
+        return None, _file_problem(exc, display)
+
+
 class ModuleCache:
     """Parsed files by path, valid while (inode, size, mtime) stay the same: unchanged files are not parsed again."""
 
     def __init__(self) -> None:
-        self._patches: dict[str, tuple[tuple[int, int, int], PatchModule | None, Problem | None]] = {}
+        self._patches: dict[str, tuple[tuple[int, int, int], tuple[PatchModule | None, Problem | None] | None]] = {}
         self._symtabs: dict[str, tuple[tuple[int, int, int], ModuleSymtab | Problem]] = {}
 
     @staticmethod
@@ -51,15 +64,16 @@ class ModuleCache:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def patch(self, path: Path, display: str) -> tuple[PatchModule | None, Problem | None]:
+    def patch(self, path: Path, display: str) -> tuple[PatchModule | None, Problem | None] | None:
+        """:func:`read_installed_file`, cached."""
         stamp = self._stamp(path)
         hit = self._patches.get(str(path))
         if stamp is not None and hit is not None and hit[0] == stamp:
-            return hit[1], hit[2]
-        module, problem = read_module_file(path, display)
+            return hit[1]
+        result = read_installed_file(path, display)
         if stamp is not None:
-            self._patches[str(path)] = (stamp, module, problem)
-        return module, problem
+            self._patches[str(path)] = (stamp, result)
+        return result
 
     def symtab(self, path: Path, display: str) -> ModuleSymtab | Problem:
         stamp = self._stamp(path)
@@ -202,9 +216,10 @@ class Evaluator:
             for path in found.value:
                 seen.append(path)
                 display = self.root.host_path(path)
-                module, problem = self.cache.patch(path, display)
-                if module is not None and not module.modinfo.livepatch:
+                read = self.cache.patch(path, display)
+                if read is None:
                     continue  # an ordinary module in extra/ or updates/
+                module, problem = read
                 name = module.name if module else module_name_from_filename(path.name)
                 by_name.setdefault(name, []).append((path, module, problem))
             loaded = {lp.name for lp in system.livepatches}
