@@ -19,10 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from klpd.model import SymbolStatus
+from klpd.model import VMLINUX, SymbolStatus
 from klpd.resolve import lookup_occurrences
 from klpd.root import SystemRoot
-from klpd.sources.kallsyms import VMLINUX, Kallsyms, parse_kallsyms, read_kallsyms
+from klpd.sources.kallsyms import Kallsyms, parse_kallsyms, read_kallsyms
 
 COLD_TARGET = 2.0
 REREAD_TARGET = 1.25

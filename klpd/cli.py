@@ -12,14 +12,13 @@ from pathlib import Path
 from klpd import __version__
 from klpd.api_client import DaemonUnavailable, fetch_status
 from klpd.collect import evaluate_files, evaluate_host, read_module_file
+from klpd.config import DEFAULT_SOCKET
 from klpd.errors import KlpdError, UsageError
 from klpd.model import HostStatus, PatchModule, Problem, Severity
 from klpd.outputs import json as json_out
 from klpd.outputs import text as text_out
 from klpd.root import SystemRoot
 from klpd.status import has_problems, undetermined
-
-DEFAULT_SOCKET = "/run/klpd/klpd.sock"
 
 
 class ExitCode(IntEnum):
@@ -102,7 +101,7 @@ def _configure_status(p: argparse.ArgumentParser) -> None:
 
 def _run_status(args: argparse.Namespace) -> int:
     if not args.direct:
-        socket_path = args.socket or DEFAULT_SOCKET
+        socket_path = args.socket or str(DEFAULT_SOCKET)
         try:
             doc = fetch_status(socket_path)
             status = json_out.status_from_document(doc)

@@ -14,13 +14,13 @@ from pathlib import Path
 from klpd.elf import parse_modinfo, parse_patch_module, read_module_symtab, read_patch_module
 from klpd.elf.decompress import read_module_file as read_module_bytes
 from klpd.errors import FormatError, KlpdError, SourceError
-from klpd.model import HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity
+from klpd.model import VMLINUX, HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity
 from klpd.names import module_name_from_filename, parse_klp_rela_name, parse_klp_sym_name
 from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_source
 from klpd.sources import kernel as kernel_source
 from klpd.sources import livepatch_sysfs, modules_dep, patch_files, proc_modules, sys_module
-from klpd.status import VMLINUX, PatchInput, SystemState, compute_status
+from klpd.status import PatchInput, SystemState, compute_status
 
 
 def _file_problem(exc: KlpdError | OSError, path: str) -> Problem:

@@ -17,6 +17,8 @@ SHF_RELA_LIVEPATCH = 0x00100000
 SHN_LIVEPATCH = 0xFF20
 SHN_UNDEF = 0
 SHN_ABS = 0xFFF1
+# The kernel's object name for the core kernel (klp_object.name NULL; "vmlinux" in .klp.rela/.klp.sym names).
+VMLINUX = "vmlinux"
 # MODULE_NAME_LEN is 56 on 64-bit (64 - sizeof(unsigned long)), so a module name has at most 55 characters; the
 # kernel's sscanf formats use the same width ("%55[^.]").
 MODULE_NAME_MAX = 55

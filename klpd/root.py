@@ -71,9 +71,6 @@ class SystemRoot:
     def tainted(self) -> Path:
         return self.path("/proc/sys/kernel/tainted")
 
-    def proc_pid(self, pid: int) -> Path:
-        return self.path(f"/proc/{pid}")
-
     # /sys
     @property
     def sys_module(self) -> Path:

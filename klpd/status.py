@@ -23,6 +23,7 @@ from typing import Protocol
 
 from klpd.model import (
     SHN_LIVEPATCH,
+    VMLINUX,
     ElfSymbol,
     HostStatus,
     KernelInfo,
@@ -44,7 +45,6 @@ from klpd.model import (
 from klpd.names import KLP_RELA_PREFIX, parse_klp_rela_name, parse_klp_sym_name
 from klpd.resolve import Occurrences, lookup, lookup_occurrences
 
-VMLINUX = "vmlinux"
 _EINVAL = -22
 KP = "livepatch: "  # every livepatch kernel message starts with this
 

@@ -194,7 +194,6 @@ class Agent:
         self._burst_start: float | None = None
         self._next_resync = 0.0
         self._next_watchdog: float | None = None
-        self._in_transition = False
         self._last_evaluation: Evaluation | None = None
         self._last_transitions: tuple[Transition, ...] = ()
         self._last_duration: float | None = None
@@ -268,10 +267,6 @@ class Agent:
 
     def request_reload(self) -> None:
         self._reload = True
-        self._wake()
-
-    def request_evaluation(self) -> None:
-        self._deadline = 0.0
         self._wake()
 
     def _wake(self) -> None:
@@ -400,10 +395,9 @@ class Agent:
             self._source_up[self._watcher.name] = not self._watcher.failed
         root = self.root if self._scan_tasks else None
         transitions = self._tracker.update(evaluation.status, self._last_timestamp, root)
-        self._in_transition = bool(transitions)
         done = self._clock()
         self._next_resync = done + (min(self.config.resync_interval, TRANSITION_RECHECK)
-                                    if self._in_transition else self.config.resync_interval)  # fmt: skip
+                                    if transitions else self.config.resync_interval)  # fmt: skip
         self._last_transitions = tuple(transitions)
         self.publish(evaluation.status, transitions)
         self._trim()

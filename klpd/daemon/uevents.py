@@ -37,14 +37,6 @@ RECEIVE_BUFFER = 8 << 20
 MAX_PER_READ = 4096
 
 
-class DeviceLike(Protocol):
-    @property
-    def action(self) -> str | None: ...
-
-    @property
-    def sys_name(self) -> str: ...
-
-
 class MonitorLike(Protocol):
     """What the source needs of a pyudev Monitor; tests pass a fake with the same two methods."""
 

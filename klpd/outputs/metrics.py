@@ -27,9 +27,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from klpd import __version__
-from klpd.model import HostStatus, ModuleLoad, ObjectStatus, PatchStatus, SectionState, Severity, SymbolStatus
+from klpd.model import VMLINUX, HostStatus, ModuleLoad, ObjectStatus, PatchStatus, SectionState, Severity, SymbolStatus
 
-VMLINUX = "vmlinux"
 TEXTFILE_NAME = "klpd.prom"
 # The format generate_latest() writes for klpd's names (all valid in the classic grammar). Spelt out because
 # prometheus-client's CONTENT_TYPE_LATEST says version=1.0.0 in recent releases; older Prometheus servers expect 0.0.4.

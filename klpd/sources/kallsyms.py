@@ -39,13 +39,11 @@ from operator import is_not
 from pathlib import Path
 
 from klpd.errors import SourceError
-from klpd.model import Problem
+from klpd.model import VMLINUX, Problem
 from klpd.names import KLP_SYM_PREFIX
 from klpd.resolve import Occurrences
 from klpd.root import SystemRoot
 from klpd.sources.result import malformed_lines, os_reason
-
-VMLINUX = "vmlinux"
 
 log = logging.getLogger(__name__)
 
