@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from klpd.errors import ConfigError
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 from klpd.root import DEFAULT_PATCH_DIRS, SystemRoot
 
 DEFAULT_CONFIG_PATH = Path("/etc/klpd/klpd.toml")

@@ -12,26 +12,12 @@ skips leading white space, then needs a decimal digit (no sign), reads digits an
 
 from __future__ import annotations
 
-import re
-
 from klpd.model import KSYM_NAME_MAX, MODULE_NAME_MAX, KlpSymbolName
 
 KLP_RELA_PREFIX = ".klp.rela."
 KLP_SYM_PREFIX = ".klp.sym."
 _ULONG_MASK = (1 << 64) - 1
 _SPACES = " \t\n\v\f\r"
-_DECIMAL = re.compile(r"-?[0-9]{1,20}")
-
-
-def kernel_decimal(text: str | bytes, *, signed: bool = False) -> int | None:
-    """A number as the kernel prints one (``%d``, ``%u``, ``%lu``: ASCII digits, a '-' only when ``signed``, at
-    most 20 digits), else None. ``str.isdigit()`` alone lets through digits int() refuses ('²') and lengths that
-    make int() raise (past 4,300 digits)."""
-    if isinstance(text, bytes):
-        text = text.decode("ascii", "replace")
-    if _DECIMAL.fullmatch(text) is None or (not signed and text.startswith("-")):
-        return None
-    return int(text)
 
 
 def _scan_set_except(text: str, start: int, stop_char: str, width: int) -> int:

@@ -26,6 +26,29 @@ DEFAULT_PATCH_DIRS: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class HostPath:
+    """One system file or directory: the host path it stands for and where this process reads it.
+
+    ``host`` is what messages and JSON name (``/proc/kallsyms``); ``local`` is where it is under the root
+    (``/tmp/capture/proc/kallsyms`` with ``--root``). Readers take this one value, so nothing converts back.
+    """
+
+    host: str
+    local: Path
+
+    def __str__(self) -> str:
+        return self.host
+
+    @property
+    def name(self) -> str:
+        return self.local.name
+
+    def child(self, name: str) -> HostPath:
+        """The entry ``name`` inside this directory."""
+        return HostPath(f"{self.host.rstrip('/')}/{name}", self.local / name)
+
+
 @dataclass(frozen=True)
 class SystemRoot:
     """Maps the host's absolute paths into ``root``.
@@ -45,6 +68,14 @@ class SystemRoot:
     def is_live(self) -> bool:
         """True when this root is the running host itself (``/``)."""
         return self.root.resolve() == Path("/")
+
+    def file(self, host_path: str) -> HostPath:
+        """The :class:`HostPath` of an absolute host path such as ``/proc/kallsyms``."""
+        return HostPath(host_path, self.path(host_path))
+
+    def under(self, path: Path) -> HostPath:
+        """The :class:`HostPath` of a location found under this root (a directory walk's result)."""
+        return HostPath(self.host_path(path), path)
 
     def path(self, host_path: str) -> Path:
         """The location under this root of an absolute host path such as ``/proc/kallsyms``."""

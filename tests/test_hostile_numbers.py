@@ -10,7 +10,7 @@ from klpd.config import parse_config
 from klpd.daemon.kernel_log import parse_kmsg_record
 from klpd.daemon.systemd_notify import watchdog_interval
 from klpd.errors import ConfigError, FormatError
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 from klpd.sources.kernel import parse_tainted
 from klpd.sources.livepatch_sysfs import parse_function_dir, parse_int_attribute
 from klpd.sources.proc_modules import parse_module_line

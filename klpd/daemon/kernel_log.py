@@ -40,7 +40,7 @@ from typing import Any
 
 from klpd.daemon.events import Batch, Event
 from klpd.errors import SourceError
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 
 log = logging.getLogger(__name__)
 

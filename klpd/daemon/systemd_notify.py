@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 from klpd.daemon.kernel_log import LivepatchEvent, LivepatchMessage
 from klpd.errors import FormatError
 from klpd.model import HostStatus
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 from klpd.root import SystemRoot
 
 KLP_UNDEFINED = -1

@@ -14,7 +14,7 @@ import os
 
 from klpd.errors import FormatError, SourceError
 from klpd.model import KernelInfo, Problem, Severity
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, os_reason, unreadable
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from klpd.errors import FormatError
 from klpd.model import Problem, Severity, SysfsFunction, SysfsObject, SysfsPatch
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, unreadable
 

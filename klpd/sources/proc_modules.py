@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from klpd.errors import SourceError
 from klpd.model import LoadedModule, Problem, Severity
-from klpd.names import kernel_decimal
+from klpd.numbers import kernel_decimal
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, malformed_lines, os_reason
 
