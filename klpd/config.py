@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from klpd.errors import ConfigError
 from klpd.numbers import kernel_decimal
+from klpd.protocol import DEFAULT_SOCKET
 from klpd.root import DEFAULT_PATCH_DIRS, SystemRoot
 
 DEFAULT_CONFIG_PATH = Path("/etc/klpd/klpd.toml")
@@ -30,7 +31,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/klpd/klpd.toml")
 # ones are handed out above 10000) before a release and change it here and in config/klpd.toml.
 DEFAULT_PORT = 9816
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
-DEFAULT_SOCKET = Path("/run/klpd/klpd.sock")
 DEFAULT_SOCKET_MODE = 0o660
 DEFAULT_RESYNC_INTERVAL = 300.0
 DEFAULT_COALESCE_DELAY = 0.25
@@ -86,7 +86,7 @@ class Config:
     """A validated configuration. ``source`` is the file it came from (None: built-in defaults)."""
 
     listen: ListenAddress | None = field(default_factory=lambda: parse_listen(DEFAULT_LISTEN))  # None: no HTTP
-    socket: Path | None = DEFAULT_SOCKET  # None: no JSON API socket
+    socket: Path | None = Path(DEFAULT_SOCKET)  # None: no JSON API socket
     socket_mode: int = DEFAULT_SOCKET_MODE
     textfile_dir: Path | None = None  # None: no node_exporter textfile
     root: Path = Path("/")

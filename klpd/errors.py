@@ -7,7 +7,10 @@ codes or log lines; everything below them raises.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: klpctl's daemon query should not pay for pathlib
+    from pathlib import Path
 
 
 class KlpdError(Exception):
@@ -27,6 +30,14 @@ class ConfigError(KlpdError, ValueError):
         self.problem = problem
         where = f"{self.path}: {key}" if key else self.path
         super().__init__(f"{where}: {problem}")
+
+
+class DaemonUnavailable(KlpdError, ConnectionError):
+    """No daemon answers on the socket, or it answered something that is not a status document."""
+
+
+class SetupError(KlpdError, OSError):
+    """A daemon server could not be started (socket path not writable, port in use); the message says what to do."""
 
 
 class FormatError(KlpdError, ValueError):

@@ -27,19 +27,17 @@ from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from klpd.config import ListenAddress
-from klpd.errors import KlpdError
+from klpd.errors import SetupError
 from klpd.outputs.metrics import ExpositionCache, metrics_wsgi_app
+from klpd.protocol import HEALTH_PATH, STATUS_PATH
+
+# SetupError lives in klpd.errors; it stays importable from here, where the daemon's entry point catches it.
+__all__ = ["ApiServer", "Documents", "MetricsServer", "SetupError"]
 
 log = logging.getLogger(__name__)
 
-STATUS_PATH = "/v1/status"
-HEALTH_PATH = "/v1/health"
 # A client that connects and sends nothing must not hold a thread forever.
 REQUEST_TIMEOUT = 10.0
-
-
-class SetupError(KlpdError, OSError):
-    """A server could not be started (socket path not writable, port in use); the message says what to do."""
 
 
 class Documents(Protocol):
