@@ -1,4 +1,11 @@
-"""``klpctl``: inspect, check and status, declared as a table; one place maps errors to exit codes."""
+"""``klpctl``: inspect, check and status, declared as a table; one place maps errors to exit codes.
+
+Imports are the start-up time of every ``klpctl`` run, so this module loads at the top only what a daemon query
+needs (the client, the JSON codec, the text output). The ELF parser and the readers of /proc and /sys (pyelftools,
+zstandard, lzma, subprocess...) are imported inside the commands that compute in this process.
+"""
+
+# ruff: noqa: PLC0415 -- the imports inside functions are the point: see above.
 
 from __future__ import annotations
 
@@ -7,18 +14,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klpd import __version__
-from klpd.api_client import DaemonUnavailable, fetch_status
-from klpd.collect import evaluate_files, evaluate_host, read_module_file
-from klpd.config import DEFAULT_SOCKET
-from klpd.errors import KlpdError, UsageError
-from klpd.model import HostStatus, PatchModule, Problem, Severity
+from klpd.api_client import fetch_status
+from klpd.errors import DaemonUnavailable, KlpdError, UsageError
 from klpd.outputs import json as json_out
 from klpd.outputs import text as text_out
-from klpd.root import SystemRoot
+from klpd.protocol import DEFAULT_SOCKET
 from klpd.status import has_problems, undetermined
+
+if TYPE_CHECKING:
+    from klpd.model import HostStatus, PatchModule, Problem
+    from klpd.root import SystemRoot
 
 
 class ExitCode(IntEnum):
@@ -45,6 +53,10 @@ def _status_exit(status: HostStatus) -> int:
 
 
 def _root(args: argparse.Namespace) -> SystemRoot:
+    from pathlib import Path
+
+    from klpd.root import SystemRoot
+
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"--root {args.root}: not a directory")
@@ -60,6 +72,11 @@ def _configure_inspect(p: argparse.ArgumentParser) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from klpd.collect import read_module_file
+    from klpd.model import Severity
+
     modules: list[PatchModule] = []
     problems: list[Problem] = []
     for name in args.files:
@@ -85,6 +102,10 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from klpd.collect import evaluate_files
+
     status = evaluate_files(_root(args), [Path(f) for f in args.files])
     _print_status(args, status, "check")
     return _status_exit(status)
@@ -101,7 +122,7 @@ def _configure_status(p: argparse.ArgumentParser) -> None:
 
 def _run_status(args: argparse.Namespace) -> int:
     if not args.direct:
-        socket_path = args.socket or str(DEFAULT_SOCKET)
+        socket_path = args.socket or DEFAULT_SOCKET
         try:
             doc = fetch_status(socket_path)
             status = json_out.status_from_document(doc)
@@ -114,6 +135,8 @@ def _run_status(args: argparse.Namespace) -> int:
                 print(text_out.render_status(status, args.verbose), end="")
                 print(text_out.render_daemon(doc.get("daemon") or {}), end="")
             return _status_exit(status)
+    from klpd.collect import evaluate_host
+
     status = evaluate_host(_root(args))
     _print_status(args, status, "direct")
     return _status_exit(status)
