@@ -8,9 +8,10 @@ kernel cannot provide are optional (``None`` = the kernel does not expose it).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 # ELF constants of the livepatch module format (Documentation/livepatch/module-elf-format.rst).
 SHF_RELA_LIVEPATCH = 0x00100000
@@ -22,7 +23,8 @@ VMLINUX = "vmlinux"
 # MODULE_NAME_LEN is 56 on 64-bit (64 - sizeof(unsigned long)), so a module name has at most 55 characters; the
 # kernel's sscanf formats use the same width ("%55[^.]").
 MODULE_NAME_MAX = 55
-# KSYM_NAME_LEN - 1 since 6.1 (was 127 before). Configurable in klpd.names because a larger one has been proposed.
+# KSYM_NAME_LEN - 1 of the newest kernels (511 since 6.1, 127 before): the widest symbol field any kernel reads.
+# What the running kernel reads is its KernelSemantics.ksym_name_max (klpd.kernel_version).
 KSYM_NAME_MAX = 511
 # Bit 15 of /proc/sys/kernel/tainted: TAINT_LIVEPATCH ('K').
 TAINT_LIVEPATCH = 1 << 15
@@ -93,7 +95,9 @@ class ElfSymbol:
     name: str
     shndx: int
     value: int
-    parsed: KlpSymbolName | None  # None when the name does not parse with the kernel's grammar
+    # The name as the newest kernels' sscanf reads it (None: it does not parse). Older kernels read a shorter symbol
+    # field: the prediction re-reads it with the host's KernelSemantics (klpd.predict.symbols.host_parse).
+    parsed: KlpSymbolName | None
 
     @property
     def is_livepatch(self) -> bool:
@@ -183,6 +187,7 @@ class PatchModule:
     machine: str  # e_machine as pyelftools names it, e.g. "EM_X86_64"
     modinfo: Modinfo
     has_versions: bool  # a __versions section (CONFIG_MODVERSIONS): the loader then ignores vermagic's release
+    symtab_index: int  # section index of .symtab (6.19+ kernels name it in "not marked as a livepatch symbol")
     sections: tuple[RelaSection, ...]  # livepatch relocation sections, in section header order
     symbols: Mapping[int, ElfSymbol]  # by symtab index: every SHN_LIVEPATCH symbol and every one a klp section uses
     problems: tuple[Problem, ...]  # what the kernel (or the patched code) will trip over, host-independent
@@ -220,6 +225,22 @@ class ModuleSymtab:
 
 # --------------------------------------------------------------------------------------------------------------
 # Input half: the running system (klpd/sources)
+
+
+class Occurrences(NamedTuple):
+    """What klp_find_object_symbol() can learn of one name in one object: how often it occurs, and which of those
+    occurrences sit at address 0. Positions count from 1, in the kernel's search order.
+
+    An index of 100k+ names answers this without keeping every address; ``zero_addresses`` is empty when no address
+    is known to be 0, as when addresses are hidden (then every address reads 0 and means nothing).
+    """
+
+    matches: int  # occurrences of the name
+    zero_addresses: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, addresses: Sequence[int]) -> Occurrences:
+        return cls(len(addresses), tuple(i for i, address in enumerate(addresses, start=1) if address == 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +308,7 @@ class SysfsPatch:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Output half (klpd/status.py)
+# Output half (klpd/predict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -399,6 +399,7 @@ def _parse_patch_module(data: bytes, path: str) -> PatchModule:
         machine=elf.machine,
         modinfo=modinfo,
         has_versions=elf.section_by_name("__versions") is not None,
+        symtab_index=symtab.num,
         sections=tuple(sections),
         symbols=symbols,
         problems=problems.result(),

@@ -1,0 +1,74 @@
+"""What the prediction is given: the system as read (:class:`SystemState`) and the patches (:class:`PatchInput`).
+
+``klpd/collect.py`` builds both from the sources; tests build them by hand. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from klpd.kernel_version import KernelSemantics, semantics_for
+from klpd.model import (
+    KernelInfo,
+    LoadedModule,
+    ModuleSymtab,
+    Occurrences,
+    PatchModule,
+    Problem,
+    RunningPatch,
+    SysfsPatch,
+)
+
+
+class SymbolIndex(Protocol):
+    """What the prediction needs of /proc/kallsyms (klpd.sources.kallsyms.Kallsyms provides it)."""
+
+    @property
+    def addresses_visible(self) -> bool: ...
+
+    @property
+    def kallsyms_all(self) -> bool: ...
+
+    def find(self, obj: str, name: str) -> Occurrences:
+        """How often ``name`` occurs in object ``obj`` as klp_find_object_symbol() searches it."""
+        ...
+
+
+@dataclass(frozen=True)
+class SystemState:
+    """Everything read from the running system (or a fixture root) that the prediction needs."""
+
+    kernel: KernelInfo
+    kallsyms: SymbolIndex
+    modules: Mapping[str, LoadedModule]  # /proc/modules
+    livepatches: tuple[SysfsPatch, ...]  # /sys/kernel/livepatch
+    known_modules: frozenset[str]  # module names that modules.dep of the running release knows
+    modules_dep_read: bool = True  # False: modules.dep is missing or unreadable, so known_modules says nothing
+    loaded_srcversions: Mapping[str, str | None] = field(default_factory=dict)  # /sys/module/<patch>/srcversion
+    running_patches: Mapping[str, RunningPatch] = field(default_factory=dict)  # loaded patches, as the kernel shows
+    problems: tuple[Problem, ...] = ()  # sources that could not be read (or only partly)
+    kernel_semantics: KernelSemantics | None = None  # default: the rules of kernel.release
+
+    @functools.cached_property
+    def semantics(self) -> KernelSemantics:
+        """The rules of the running kernel's version, which every version-dependent verdict consults."""
+        return self.kernel_semantics or semantics_for(self.kernel.release)
+
+    def is_loaded(self, obj: str) -> bool:
+        """vmlinux, or a module /proc/modules lists."""
+        return obj == "vmlinux" or obj in self.modules
+
+
+@dataclass(frozen=True)
+class PatchInput:
+    """One patch to evaluate: an installed or checked file, a loaded patch, or both (same module name)."""
+
+    name: str
+    module: PatchModule | None  # None: a loaded patch whose file was not found, or a file that did not parse
+    # symbol tables of the target modules that are not loaded, by module name; a Problem where the .ko is unusable
+    target_symtabs: Mapping[str, ModuleSymtab | Problem] = field(default_factory=dict)
+    file_problem: Problem | None = None  # the file could not be read or parsed
+    path: str | None = None

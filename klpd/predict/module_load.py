@@ -1,0 +1,38 @@
+"""Will a later load of a patched module succeed? klp_module_coming() applies the patch's ``.klp.rela.<mod>.*``
+sections before the module's init runs, and a failure refuses the module's load (kernel/livepatch/core.c)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from klpd import kernel_messages as msg
+from klpd.model import ModuleLoad, ModuleSymtab, Problem, SectionResult, SectionState
+from klpd.predict.inputs import SystemState
+
+_EINVAL = -22
+
+
+def module_load(
+    patch: str, obj: str, sections: Sequence[SectionResult], system: SystemState, symtab: ModuleSymtab | Problem | None
+) -> tuple[ModuleLoad, tuple[str, ...]]:
+    """Verdict for loading module ``obj`` later, when klp_module_coming() applies the sections of ``obj``."""
+    release = system.kernel.release
+    if not system.modules_dep_read:
+        return ModuleLoad.UNKNOWN, (
+            f"modules.dep of {release} could not be read: the .ko of module '{obj}' cannot be located",
+        )
+    if obj not in system.known_modules:
+        return ModuleLoad.UNKNOWN, (
+            f"no module '{obj}' in modules.dep of {release}: the kernel will never apply these sections",
+        )
+    if isinstance(symtab, Problem):
+        return ModuleLoad.UNKNOWN, (symtab.message,)
+    if symtab is None:
+        return ModuleLoad.UNKNOWN, (f"the .ko of module '{obj}' was not read",)
+    failing = [s for s in sections if s.state is SectionState.FAILS]
+    if not failing:
+        return ModuleLoad.OK, ()
+    reasons = [reason for s in failing for reason in s.reasons]
+    reasons.append(msg.PATCH_INIT_FAILED.format(patch=patch, module=obj, errno=_EINVAL))
+    reasons.append(msg.MODULE_LOAD_REFUSED.format(patch=patch, module=obj))
+    return ModuleLoad.REFUSED, tuple(dict.fromkeys(reasons))
