@@ -5,17 +5,9 @@ uevent — the module's ``add`` uevent only goes out after its init succeeded (s
 the only witness of it. They also date the start and end of transitions, and show the kernel signalling or
 forcing the tasks that block one.
 
-The texts come from kernel/livepatch/core.c and transition.c (``pr_fmt`` = ``"livepatch: "``); every one has
-been stable since the transition code landed in 4.12:
-
-- ``patch '%s' failed for module '%s', refusing to load module '%s'``  (klp_module_coming)
-- ``failed to initialize patch '%s' for module '%s' (%d)``             (klp_module_coming)
-- ``applying patch '%s' to loading module '%s'``                      (klp_module_coming)
-- ``reverting patch '%s' on unloading module '%s'``                   (klp_module_going)
-- ``enabling patch '%s'``                                            (__klp_enable_patch)
-- ``'%s': initializing %s transition`` (debug), ``'%s': starting %s transition``, ``'%s': %s complete``
-  with ``%s`` = patching / unpatching                                (transition.c)
-- ``signaling remaining tasks``, ``forcing remaining tasks to the patched state``
+The texts are those of :mod:`klpd.kernel_messages`, the table the prediction quotes from: klp_module_coming()'s
+refusal and failure, applying/reverting a patch on a module's load and removal, enabling a patch, and the
+transition's start, end, signals and forcing (stable since the transition code landed in 4.12).
 
 ``/dev/kmsg`` records are ``"<prio>,<seq>,<usec>,<flags>[,...];<message>\\n"`` followed by `` KEY=value``
 continuation lines (Documentation/ABI/testing/dev-kmsg). A reader that falls behind the ring buffer gets EPIPE
@@ -28,7 +20,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,13 +29,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from klpd import kernel_messages as msg
 from klpd.daemon.events import Batch, Event
 from klpd.errors import SourceError
 from klpd.numbers import kernel_decimal
 
 log = logging.getLogger(__name__)
 
-PREFIX = "livepatch: "
+PREFIX = msg.LIVEPATCH
 # LOG_KERN. A process writing to /dev/kmsg cannot log with it: the kernel gives user-space records LOG_USER (1)
 # when they ask for facility 0 (devkmsg_write()), so a record of facility 0 is the kernel's own.
 KERNEL_FACILITY = 0
@@ -78,21 +70,19 @@ class LivepatchMessage:
     error: int | None = None  # the negative errno of "failed to initialize patch"
 
 
-_NAME = r"([^']{1,64})"  # module names are at most 55 characters and never contain a quote
-_MESSAGES: tuple[tuple[re.Pattern[str], LivepatchEvent], ...] = (
-    (re.compile(rf"patch '{_NAME}' failed for module '{_NAME}', refusing to load module '{_NAME}'"),
-     LivepatchEvent.MODULE_LOAD_REFUSED),
-    (re.compile(rf"failed to initialize patch '{_NAME}' for module '{_NAME}' \((-?\d+)\)"),
-     LivepatchEvent.PATCH_INIT_FAILED),
-    (re.compile(rf"applying patch '{_NAME}' to loading module '{_NAME}'"), LivepatchEvent.APPLYING),
-    (re.compile(rf"reverting patch '{_NAME}' on unloading module '{_NAME}'"), LivepatchEvent.REVERTING),
-    (re.compile(rf"enabling patch '{_NAME}'"), LivepatchEvent.ENABLING),
-    (re.compile(rf"'{_NAME}': initializing (patching|unpatching) transition"), LivepatchEvent.TRANSITION_INIT),
-    (re.compile(rf"'{_NAME}': starting (patching|unpatching) transition"), LivepatchEvent.TRANSITION_START),
-    (re.compile(rf"'{_NAME}': (patching|unpatching) complete"), LivepatchEvent.TRANSITION_COMPLETE),
-    (re.compile(r"signaling remaining tasks"), LivepatchEvent.SIGNALING),
-    (re.compile(r"forcing remaining tasks to the patched state"), LivepatchEvent.FORCING),
-)  # fmt: skip
+# Each event and the kernel_messages entry it is read from: the same table the prediction formats its texts with.
+_MESSAGES: tuple[tuple[msg.KernelMessage, LivepatchEvent], ...] = (
+    (msg.MODULE_LOAD_REFUSED, LivepatchEvent.MODULE_LOAD_REFUSED),
+    (msg.PATCH_INIT_FAILED, LivepatchEvent.PATCH_INIT_FAILED),
+    (msg.APPLYING, LivepatchEvent.APPLYING),
+    (msg.REVERTING, LivepatchEvent.REVERTING),
+    (msg.ENABLING, LivepatchEvent.ENABLING),
+    (msg.TRANSITION_INIT, LivepatchEvent.TRANSITION_INIT),
+    (msg.TRANSITION_START, LivepatchEvent.TRANSITION_START),
+    (msg.TRANSITION_COMPLETE, LivepatchEvent.TRANSITION_COMPLETE),
+    (msg.SIGNALING, LivepatchEvent.SIGNALING),
+    (msg.FORCING, LivepatchEvent.FORCING),
+)
 _TARGET = {"patching": "patched", "unpatching": "unpatched"}
 
 
@@ -102,19 +92,20 @@ def parse_livepatch_message(text: str) -> LivepatchMessage | None:
     if not text.startswith(PREFIX):
         return None
     body = text[len(PREFIX) :]
-    for pattern, kind in _MESSAGES:
-        m = pattern.fullmatch(body)
-        if m is None:
+    for message, kind in _MESSAGES:
+        fields = message.match(body)
+        if fields is None:
             continue
-        groups = m.groups()
-        if kind in (LivepatchEvent.TRANSITION_INIT, LivepatchEvent.TRANSITION_START,
-                    LivepatchEvent.TRANSITION_COMPLETE):  # fmt: skip
-            return LivepatchMessage(kind, text, patch=groups[0], target=_TARGET[groups[1]])
-        if kind is LivepatchEvent.PATCH_INIT_FAILED:
-            return LivepatchMessage(kind, text, patch=groups[0], module=groups[1], error=int(groups[2]))
-        patch = groups[0] if groups else None
-        module = groups[1] if len(groups) > 1 else None
-        return LivepatchMessage(kind, text, patch=patch, module=module)
+        action = fields.get("action")
+        errno = fields.get("errno")
+        return LivepatchMessage(
+            kind,
+            text,
+            patch=fields.get("patch"),
+            module=fields.get("module"),
+            target=_TARGET[action] if action else None,
+            error=int(errno) if errno is not None else None,
+        )
     return None
 
 
