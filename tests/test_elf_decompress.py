@@ -11,8 +11,9 @@ import zstandard
 from elfwriter import KlpModule
 
 from klpd.elf import decompress, parse_patch_module
-from klpd.elf.decompress import read_module_file
+from klpd.elf.decompress import read_module_bytes
 from klpd.errors import ElfFormatError, SourceError
+from klpd.root import HostPath
 
 MODULE = KlpModule().build()
 PAYLOAD = MODULE + os.urandom(4096) + b"\0" * 100_000
@@ -91,14 +92,14 @@ def test_unknown_magic_passes_through_and_the_elf_parser_says_what_it_is():
         parse_patch_module(blob, "m.ko.bz2")
 
 
-def test_read_module_file(tmp_path):
+def test_read_module_bytes(tmp_path):
     path = tmp_path / "m.ko.zst"
     path.write_bytes(COMPRESSORS["zstd"](MODULE))
-    assert read_module_file(path) == MODULE
+    assert read_module_bytes(HostPath(str(path), path)) == MODULE
     big = tmp_path / "big.ko"
     big.write_bytes(b"\0" * 2048)
     with pytest.raises(ElfFormatError, match="larger than 1024 bytes") as exc:
-        read_module_file(big, "/host/big.ko", limit=1024)
+        read_module_bytes(HostPath("/host/big.ko", big), limit=1024)
     assert exc.value.path == "/host/big.ko"
     with pytest.raises(SourceError):
-        read_module_file(tmp_path / "absent.ko")
+        read_module_bytes(HostPath(str(tmp_path / "absent.ko"), tmp_path / "absent.ko"))

@@ -35,6 +35,7 @@ from elfwriter import (
 from klpd.elf import parse_modinfo, parse_patch_module, read_modinfo, read_patch_module, reloc_type_name
 from klpd.errors import ElfFormatError, SourceError
 from klpd.model import KlpSymbolName, Relocation, Severity
+from klpd.root import HostPath
 
 KLP_FLAGS = SHF_ALLOC | SHF_RELA_LIVEPATCH
 
@@ -237,9 +238,9 @@ def test_malformed_livepatch_symbol_name(elf_name):
     sym = m.klp_sym("vmlinux", "printk", elf_name=elf_name)
     m.klp_rela("vmlinux", ".text.f", [(0, sym, 2, 0)])
     pm = parse_patch_module(m.build(), "lp.ko")
-    p = problem(pm, "malformed_symbol_name")
+    p = problem(pm, "malformed_name")
     assert p.kernel_message == f"livepatch: symbol {elf_name} has an incorrectly formatted name"
-    assert codes(pm) == ["malformed_symbol_name"]
+    assert codes(pm) == ["malformed_name"]
 
 
 def test_vmlinux_symbol_from_module_section():
@@ -374,7 +375,7 @@ def test_invalid_utf8_in_names_does_not_raise():
     pm = parse_patch_module(bytes(data), "p.ko")
     assert pm.symbols[1].name == "\ufffd"
     assert pm.sections[0].target_name == ".text.\ufffd"
-    assert codes(pm) == ["malformed_symbol_name"]
+    assert codes(pm) == ["malformed_name"]
 
 
 def test_symbol_name_offset_outside_strtab_does_not_raise():
@@ -383,7 +384,7 @@ def test_symbol_name_offset_outside_strtab_does_not_raise():
     m.klp_rela("vmlinux", ".text.f", [Reloc(0, 1, 2, 0)])
     pm = parse_patch_module(m.build(), "p.ko")
     assert pm.symbols[1].parsed is None
-    assert codes(pm) == ["malformed_symbol_name"]
+    assert codes(pm) == ["malformed_name"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -403,22 +404,22 @@ def test_read_patch_module_decompresses(tmp_path, suffix, compress):
     data = cmdline_patch().build()
     path = tmp_path / f"livepatch-cmdline{suffix}"
     path.write_bytes(compress(data))
-    pm = read_patch_module(path, display_path=f"/lib/modules/6.1/livepatch/livepatch-cmdline{suffix}")
+    pm = read_patch_module(HostPath(f"/lib/modules/6.1/livepatch/livepatch-cmdline{suffix}", path))
     assert pm.path == f"/lib/modules/6.1/livepatch/livepatch-cmdline{suffix}"
     assert pm == parse_patch_module(data, pm.path)
-    assert read_modinfo(path) == pm.modinfo
+    assert read_modinfo(HostPath(str(path), path)) == pm.modinfo
 
 
 def test_read_errors_name_the_display_path(tmp_path):
     with pytest.raises(SourceError) as exc:
-        read_patch_module(tmp_path / "missing.ko", display_path="/host/missing.ko")
+        read_patch_module(HostPath("/host/missing.ko", tmp_path / "missing.ko"))
     assert exc.value.path == "/host/missing.ko"
     with pytest.raises(SourceError):
-        read_patch_module(tmp_path)  # a directory
+        read_patch_module(HostPath(str(tmp_path), tmp_path))  # a directory
     bad = tmp_path / "bad.ko.xz"
     bad.write_bytes(lzma.compress(cmdline_patch().build())[:-20])
     with pytest.raises(ElfFormatError) as fexc:
-        read_patch_module(bad, display_path="/host/bad.ko.xz")
+        read_patch_module(HostPath("/host/bad.ko.xz", bad))
     assert fexc.value.path == "/host/bad.ko.xz"
 
 
@@ -470,9 +471,9 @@ def test_symbol_table_entries_used_by_klp_sections_keep_their_function_info():
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_relocations_are_the_same_in_either_byte_order_and_either_construction(monkeypatch, fast):
-    from klpd.elf import klpmodule
+    from klpd.elf import relocations
 
-    monkeypatch.setattr(klpmodule, "_FAST_RELOCATIONS", fast)
+    monkeypatch.setattr(relocations, "_FAST_RELOCATIONS", fast)
     m = cmdline_patch()
     m.klp_rela(
         "xfs", ".text.big", [(i * 8, m.klp_sym("xfs", f"s{i % 7}", i % 3), 2 + i % 3, i - 50) for i in range(100)]

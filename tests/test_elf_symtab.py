@@ -40,6 +40,7 @@ from klpd.elf import parse_module_symtab, parse_patch_module, read_module_symtab
 from klpd.elf._raw import ElfFile
 from klpd.errors import ElfFormatError
 from klpd.model import ModuleSymtab
+from klpd.root import HostPath
 
 ALL = ModuleSymtab.CORE_WITH_KALLSYMS_ALL
 TEXT = ModuleSymtab.CORE_TEXT_ONLY
@@ -133,7 +134,7 @@ def test_symtab_linking_to_a_missing_strtab_is_an_error():
 def test_read_module_symtab_compressed(tmp_path):
     path = tmp_path / "ext4.ko.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(target_module()))
-    assert read_module_symtab(path) == parse_module_symtab(target_module(), str(path))
+    assert read_module_symtab(HostPath(str(path), path)) == parse_module_symtab(target_module(), str(path))
 
 
 # --------------------------------------------------------------------------------------------------------------

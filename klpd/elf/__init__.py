@@ -1,13 +1,16 @@
 """Kernel module files (ELF relocatable objects): livepatch modules and the modules they patch.
 
-- :mod:`klpd.elf.klpmodule`: a patch module's livepatch sections, symbols and host-independent problems;
+- :mod:`klpd.elf.klpmodule`: a patch module's livepatch sections and symbols; :mod:`klpd.elf.modinfo`,
+  :mod:`klpd.elf.relocations` and :mod:`klpd.elf.klp_checks` (what the file alone shows to be wrong) serve it;
+- :mod:`klpd.elf._raw`: the bounds-checked ELF reader under all of them;
 - :mod:`klpd.elf.symtab`: a target module's symbol table as klp_find_object_symbol() walks it;
 - :mod:`klpd.elf.decompress`: ``.ko.xz`` / ``.ko.gz`` / ``.ko.zst``;
 - :mod:`klpd.elf.reloc_types`: relocation type names.
 """
 
 from klpd.elf.decompress import decompress
-from klpd.elf.klpmodule import parse_modinfo, parse_patch_module, read_modinfo, read_patch_module
+from klpd.elf.klpmodule import parse_patch_module, read_patch_module
+from klpd.elf.modinfo import parse_modinfo, read_modinfo
 from klpd.elf.reloc_types import reloc_type_name
 from klpd.elf.symtab import parse_module_symtab, read_module_symtab
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import lzma
 import zlib
-from pathlib import Path
 
 import zstandard
 
 from klpd.errors import ElfFormatError, SourceError
+from klpd.root import HostPath
 
 # Far above any real module (the largest in-tree .ko files are a few tens of MiB with debug info).
 MAX_MODULE_SIZE = 256 * 1024 * 1024
@@ -111,15 +111,14 @@ def decompress(data: bytes, path: str, limit: int = MAX_MODULE_SIZE) -> bytes:
     return data
 
 
-def read_module_file(path: Path, display_path: str | None = None, limit: int = MAX_MODULE_SIZE) -> bytes:
-    """The ELF bytes of the module file at ``path``, decompressed.
+def read_module_bytes(where: HostPath, limit: int = MAX_MODULE_SIZE) -> bytes:
+    """The ELF bytes of the module file ``where``, decompressed.
 
-    Unreadable -> :class:`SourceError`; corrupt or oversized -> :class:`ElfFormatError`. Both name
-    ``display_path`` (the host path, when ``path`` lies under a SystemRoot) or else ``path``.
+    Unreadable -> :class:`SourceError`; corrupt or oversized -> :class:`ElfFormatError`; both name ``where.host``.
     """
-    shown = display_path if display_path is not None else str(path)
+    shown = where.host
     try:
-        with path.open("rb") as f:
+        with where.local.open("rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
         raise SourceError(shown, exc.strerror or str(exc)) from None

@@ -11,11 +11,10 @@ mod_mem_type bits; both mark the sections module_init_layout_section() puts in i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from klpd.elf._raw import SHF_ALLOC, SHF_EXECINSTR, ElfFile, Shdr, cstring, parse_guarded
-from klpd.elf.decompress import read_module_file
+from klpd.elf.decompress import read_module_bytes
 from klpd.model import SHN_ABS, SHN_UNDEF, ModuleSymtab
+from klpd.root import HostPath
 
 _PERCPU_SECTION = ".data..percpu"
 
@@ -73,6 +72,6 @@ def parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:
     return parse_guarded(_parse_module_symtab, data, path)
 
 
-def read_module_symtab(path: Path) -> ModuleSymtab:
-    """:func:`parse_module_symtab` of a (possibly compressed) module file."""
-    return parse_module_symtab(read_module_file(path), str(path))
+def read_module_symtab(where: HostPath) -> ModuleSymtab:
+    """:func:`parse_module_symtab` of a (possibly compressed) module file; ``path`` is ``where.host``."""
+    return parse_module_symtab(read_module_bytes(where), where.host)
