@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_status import KALLSYMS, evaluate, hidden, patch_with, system, target_symtab
+from status_fixture import KALLSYMS, evaluate, hidden, patch_with, system, target_symtab
 
 from klpd.model import HostStatus, SymbolStatus
 from klpd.outputs.json import STATUS_SCHEMA, decode, dumps, status_document, status_from_document

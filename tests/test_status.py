@@ -13,79 +13,18 @@ from elfwriter import (
     Section,
     Symbol,
     create_elf_file,
-    patch_using,
-    target_module,
 )
+from status_fixture import KALLSYMS, RELEASE, evaluate, hidden, patch_with, symbol, system, target_symtab
 
-from klpd.elf import parse_module_symtab, parse_patch_module
+from klpd.elf import parse_module_symtab
 from klpd.model import (
-    KernelInfo,
-    LoadedModule,
     ModuleLoad,
-    ModuleSymtab,
-    PatchStatus,
     SectionState,
     SymbolStatus,
     SysfsObject,
     SysfsPatch,
 )
-from klpd.sources.kallsyms import parse_kallsyms
-from klpd.status import PatchInput, SystemState, compute_status, has_problems
-
-RELEASE = "6.1.0-test"
-
-KALLSYMS = """\
-ffffffff81000000 T _text
-ffffffff81001000 t unique_fn
-ffffffff81002000 t dup_fn
-ffffffff81003000 t dup_fn
-ffffffff81004000 T saved_command_line
-ffffffffc0001000 t mod_fn\t[loaded_mod]
-ffffffffc0002000 t mod_dup\t[loaded_mod]
-ffffffffc0003000 t mod_dup\t[loaded_mod]
-"""
-
-
-def hidden(text: str) -> str:
-    return "\n".join("0" * 16 + line[16:] for line in text.splitlines()) + "\n"
-
-
-def system(
-    kallsyms: str = KALLSYMS,
-    modules: tuple[str, ...] = ("loaded_mod",),
-    known: tuple[str, ...] = ("loaded_mod", "target_mod"),
-    livepatches: tuple[SysfsPatch, ...] = (),
-) -> SystemState:
-    loaded = {m: LoadedModule(m, 4096, 0, (), "Live", "") for m in modules}
-    for lp in livepatches:
-        loaded[lp.name] = LoadedModule(lp.name, 4096, 1, (), "Live", "OEK")
-    return SystemState(
-        kernel=KernelInfo(RELEASE, 0, True),
-        kallsyms=parse_kallsyms(kallsyms.encode(), "/proc/kallsyms"),
-        modules=loaded,
-        livepatches=livepatches,
-        known_modules=frozenset(known),
-    )
-
-
-def patch_with(*syms: tuple[str, str, int], name: str = "livepatch_test") -> KlpModule:
-    return patch_using(name, f"{RELEASE} SMP preempt mod_unload modversions ", *syms)
-
-
-def evaluate(m: KlpModule, sys_state: SystemState, symtabs: dict[str, object] | None = None, **build: object):
-    module = parse_patch_module(m.build(**build), f"/lib/modules/{RELEASE}/livepatch/{m.name}.ko")
-    status = compute_status(sys_state, [PatchInput(module.name, module, symtabs or {})])  # type: ignore[arg-type]
-    return status, status.patches[0]
-
-
-def symbol(patch: PatchStatus, obj: str, name: str):
-    o = next(o for o in patch.objects if o.name == obj)
-    return next(s for s in o.symbols if s.name == name)
-
-
-def target_symtab(*funcs: tuple[str, str]) -> ModuleSymtab:
-    """A target .ko with functions given as (name, section)."""
-    return parse_module_symtab(target_module(*funcs), "/lib/modules/6.1.0-test/kernel/target_mod.ko")
+from klpd.predict import has_problems
 
 
 def test_unique_vmlinux_symbol_loads() -> None:
