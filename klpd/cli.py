@@ -21,8 +21,8 @@ from klpd.api_client import fetch_status
 from klpd.errors import DaemonUnavailable, KlpdError, UsageError
 from klpd.outputs import json as json_out
 from klpd.outputs import text as text_out
+from klpd.predict.verdicts import has_problems, undetermined
 from klpd.protocol import DEFAULT_SOCKET
-from klpd.status import has_problems, undetermined
 
 if TYPE_CHECKING:
     from klpd.model import HostStatus, PatchModule, Problem
