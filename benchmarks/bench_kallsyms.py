@@ -85,28 +85,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default="/")
     args = parser.parse_args(argv)
     root = SystemRoot.at(args.root)
-    path = str(root.kallsyms)
+    path = str(root.kallsyms.local)
 
     unique, repeated = vmlinux_names(path)
     refs = references(unique, repeated, REFERENCES)
     # Warm-up: page cache for cat, imports, and a sanity check of the parse itself.
-    first = read_kallsyms(root)
+    first = read_kallsyms(root).value
     outcome = Counter(resolve_all(first, refs))  # counted outside the clock: StrEnum hashing is slow
 
     def cold() -> Kallsyms:
-        kallsyms = read_kallsyms(root)
+        kallsyms = read_kallsyms(root).value
         resolve_all(kallsyms, refs)
         return kallsyms
 
     def cold_direct() -> Kallsyms:
         # what a cold read costs without the cat child that overlaps the kernel's formatting with the parse
         with open(path, "rb", buffering=0) as stream:
-            kallsyms = parse_kallsyms(stream.readall(), path)
+            kallsyms = parse_kallsyms(stream.readall(), path).value
         resolve_all(kallsyms, refs)
         return kallsyms
 
     def reread() -> Kallsyms:
-        kallsyms = read_kallsyms(root, previous=first)
+        kallsyms = read_kallsyms(root, previous=first).value
         resolve_all(kallsyms, refs)
         return kallsyms
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     cat = times["cat"]
-    again = read_kallsyms(root, previous=first)
+    again = read_kallsyms(root, previous=first).value
 
     print(f"/proc/kallsyms: {first.vmlinux_symbols} vmlinux + {first.module_symbols} module lines, "
           f"{first.malformed_lines} malformed, addresses visible: {first.addresses_visible}, "

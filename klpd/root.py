@@ -87,8 +87,8 @@ class SystemRoot:
         return self.path("/proc")
 
     @property
-    def kallsyms(self) -> Path:
-        return self.path("/proc/kallsyms")
+    def kallsyms(self) -> HostPath:
+        return self.file("/proc/kallsyms")
 
     @property
     def proc_modules(self) -> Path:

@@ -89,7 +89,7 @@ def test_check_missing_file_names_it(fx: FixtureRoot, capsys: pytest.CaptureFixt
 def test_unreadable_kallsyms_cannot_determine(
     fx: FixtureRoot, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fx.root.kallsyms.unlink()
+    fx.root.kallsyms.local.unlink()
     ko = tmp_path / "lp_good.ko"
     ko.write_bytes(good_patch())
     assert main(["check", "--root", str(fx.path), str(ko)]) == ExitCode.UNDETERMINED

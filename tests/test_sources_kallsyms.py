@@ -14,6 +14,8 @@ from klpd.resolve import Occurrences, lookup, lookup_occurrences
 from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_module
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms
+from klpd.sources.kallsyms import pipe as kallsyms_pipe
+from klpd.sources.kallsyms import vmlinux as kallsyms_vmlinux
 from tests.fixtures import FixtureRoot, kallsyms_line
 from tests.klp_reference import kernel_find_object_symbol
 
@@ -48,8 +50,13 @@ def text(vmlinux=VMLINUX, modules=MODULES, hide=False) -> bytes:
     return "".join(lines).encode()
 
 
-def parse(data: bytes, previous=None):
+def parsed(data: bytes, previous=None):
+    """The Read of parse_kallsyms(): the Kallsyms and the problems met."""
     return parse_kallsyms(data, "/proc/kallsyms", previous)
+
+
+def parse(data: bytes, previous=None):
+    return parsed(data, previous).value
 
 
 def test_vmlinux_occurrences_in_file_order():
@@ -60,7 +67,7 @@ def test_vmlinux_occurrences_in_file_order():
     # a module's symbol is not a vmlinux symbol
     assert k.occurrences("vmlinux", "ext4_fill_super") == ()
     assert k.vmlinux_symbols == len(VMLINUX)
-    assert k.malformed_lines == 0 and k.problems == ()
+    assert k.malformed_lines == 0 and parsed(text()).problems == ()
 
 
 def test_module_occurrences_only_count_the_module_and_its_first_run():
@@ -146,22 +153,24 @@ def test_odd_lines_are_skipped_and_counted():
         "ffffffffc0000020 t z\t[]\n",
         kallsyms_line(0xFFFFFFFFC0000030, "t", "x", "mod"),
     ]
-    k = parse("".join(lines).encode())
+    read = parsed("".join(lines).encode())
+    k = read.value
     assert k.malformed_lines == 7
     assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x40, BASE + 0x60)
     assert k.occurrences("vmlinux", "bad_hex") == ()
     assert k.occurrences("mod", "x") == (0xFFFFFFFFC0000000, 0xFFFFFFFFC0000030)
-    assert len(k.problems) == 1
-    problem = k.problems[0]
+    assert len(read.problems) == 1
+    problem = read.problems[0]
     assert problem.severity == "warning" and "/proc/kallsyms" in problem.message
     assert "7 malformed lines" in problem.message and "line 2" in problem.message
 
 
 def test_odd_module_line_is_numbered_in_the_whole_file():
     data = text() + b"ffffffffc0009000 t lonely\n"
-    k = parse(data)
+    read = parsed(data)
+    k = read.value
     assert k.malformed_lines == 1
-    assert f"line {len(VMLINUX) + len(MODULES) + 1}" in k.problems[0].message
+    assert f"line {len(VMLINUX) + len(MODULES) + 1}" in read.problems[0].message
     assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x10, BASE + 0x30, BASE + 0x50)
 
 
@@ -197,7 +206,7 @@ def test_one_character_names_and_addresses_are_indexed():
 
 
 def test_large_file_spans_several_blocks(monkeypatch):
-    monkeypatch.setattr(kallsyms_module, "_BLOCK", 256)
+    monkeypatch.setattr(kallsyms_vmlinux, "_BLOCK", 256)
     vmlinux = [(BASE + i * 16, "t", f"f{i % 37}") for i in range(500)]
     k = parse(text(vmlinux, MODULES[:2]))
     assert k.occurrences("vmlinux", "f5") == tuple(BASE + i * 16 for i in range(500) if i % 37 == 5)
@@ -259,10 +268,10 @@ def test_previous_without_modules():
 def test_read_from_fixture_root(tmp_path):
     fx = FixtureRoot(tmp_path)
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
-    k = read_kallsyms(fx.root)
+    k = read_kallsyms(fx.root).value
     assert k.path == "/proc/kallsyms"
     assert k.occurrences("vmlinux", "cleanup") == (BASE + 0x10, BASE + 0x30, BASE + 0x50)
-    again = read_kallsyms(fx.root, previous=k)
+    again = read_kallsyms(fx.root, previous=k).value
     assert again.vmlinux_reused
 
 
@@ -278,8 +287,9 @@ LIVE = Path("/proc/kallsyms")
 @pytest.mark.skipif(not LIVE.exists(), reason="no /proc/kallsyms on this host")
 def test_live_host_parses_cleanly():
     root = SystemRoot.at("/")
-    k = read_kallsyms(root)
-    assert k.malformed_lines == 0 and k.problems == ()
+    read = read_kallsyms(root)
+    k = read.value
+    assert k.malformed_lines == 0 and read.problems == ()
     assert k.vmlinux_symbols > 1000
     # names this parse finds must agree with a plain line-by-line reading of the same file
     data = LIVE.read_bytes()
@@ -291,12 +301,12 @@ def test_live_host_parses_cleanly():
         assert list(k.occurrences("vmlinux", name)) == expected
     if os.geteuid() == 0:
         assert k.addresses_visible
-    assert read_kallsyms(root, previous=k).vmlinux_reused
+    assert read_kallsyms(root, previous=k).value.vmlinux_reused
 
 
 def test_kallsyms_all_and_hidden_addresses_across_blocks(monkeypatch):
     # the fast path decides both per block: the answer must not depend on where the block boundaries fall
-    monkeypatch.setattr(kallsyms_module, "_BLOCK", 128)
+    monkeypatch.setattr(kallsyms_vmlinux, "_BLOCK", 128)
     text_symbols = [(BASE + i * 16, "t", f"f{i}") for i in range(60)]
     markers = [(BASE + 0x1000 + i, "D", f"__start_s{i}") for i in range(30)]
     data_symbols = [(BASE + 0x2000 + i, "d", f"v{i}") for i in range(16)]
@@ -312,7 +322,7 @@ def test_kallsyms_all_and_hidden_addresses_across_blocks(monkeypatch):
 
 
 def test_repeated_names_within_and_across_blocks_keep_file_order(monkeypatch):
-    monkeypatch.setattr(kallsyms_module, "_BLOCK", 64)
+    monkeypatch.setattr(kallsyms_vmlinux, "_BLOCK", 64)
     names = ["a", "b", "a", "c", "a", "b", "d", "a"] * 5
     vmlinux = [(BASE + i, "t", n) for i, n in enumerate(names)]
     k = parse(text(vmlinux, []))
@@ -414,8 +424,9 @@ def test_memo_keeps_no_copy_of_the_file():
 # give exactly what a direct read and parse_kallsyms() give, whatever the content and however the pipe cuts it.
 
 
-def everything(k, names):
-    """All a user of a Kallsyms can observe, for the given names."""
+def everything(read, names):
+    """All a user of a Kallsyms can observe, for the given names, and the problems its read met."""
+    k = read.value
     memo = k.memo()
     return (
         answers(k, names),
@@ -424,7 +435,7 @@ def everything(k, names):
         {m: k.klp_symbols(m) for m in k.modules()},
         k.path,
         k.malformed_lines,
-        k.problems,
+        read.problems,
         k.vmlinux_symbols,
         k.module_symbols,
         k.vmlinux_reused,
@@ -434,9 +445,9 @@ def everything(k, names):
 
 
 def through_cat(root):
-    k = kallsyms_module._read_through_cat(root.kallsyms, root.host_path(root.kallsyms))
-    assert k is not None, "cat could not be used"
-    return k
+    read = kallsyms_module._read_through_cat(root.kallsyms)
+    assert read is not None, "cat could not be used"
+    return read
 
 
 ODD = (
@@ -477,31 +488,34 @@ CAT_CASES = {
 @pytest.mark.parametrize("case", list(CAT_CASES))
 def test_read_through_cat_is_exactly_the_direct_read(tmp_path, monkeypatch, case, pipe_size):
     # a pipe read this small cuts lines, and the first module line, anywhere; a tiny block size cuts them again
-    monkeypatch.setattr(kallsyms_module, "_PIPE_SIZE", pipe_size)
-    monkeypatch.setattr(kallsyms_module, "_BLOCK", 200)
+    monkeypatch.setattr(kallsyms_pipe, "_PIPE_SIZE", pipe_size)
+    monkeypatch.setattr(kallsyms_vmlinux, "_BLOCK", 200)
     data = CAT_CASES[case]
     fx = FixtureRoot(tmp_path)
     fx.write("/proc/kallsyms", data)
     names = [*NAMES, "f5", "f36", "bad_hex", "x", "a", "b[1]", "lonely", "y"]
-    direct = parse(data)
-    k = through_cat(fx.root)
-    assert everything(k, names) == everything(direct, names)
+    direct = parsed(data)
+    read = through_cat(fx.root)
+    assert everything(read, names) == everything(direct, names)
     assert everything(read_kallsyms(fx.root), names) == everything(direct, names)
     # what a later read takes over from it is the same too
     more = data + kallsyms_line(0xFFFFFFFFC0009000, "t", "cleanup", "xfs").encode()
-    assert everything(parse(more, previous=k), names) == everything(parse(more, previous=direct), names)
+    assert everything(parsed(more, previous=read.value), names) == everything(
+        parsed(more, previous=direct.value), names
+    )
 
 
 @pytest.mark.skipif(not LIVE.exists(), reason="no /proc/kallsyms on this host")
 def test_live_read_through_cat_is_exactly_the_direct_read():
     root = SystemRoot.at("/")
-    k = through_cat(root)
+    read = through_cat(root)
     data = LIVE.read_bytes()
-    direct = parse(data)
+    direct = parsed(data)
     lines = data.splitlines()
     names = [line.split()[2].decode() for line in lines[:: max(1, len(lines) // 500)]] + NAMES
+    k = read.value
     assert k._text.data == data  # the same bytes (no module came or went in between)
-    assert everything(k, names) == everything(direct, names)
+    assert everything(read, names) == everything(direct, names)
     assert k.vmlinux_symbols > 1000 and k.malformed_lines == 0
 
 
@@ -519,11 +533,11 @@ def test_cat_failing_falls_back_to_the_direct_read(tmp_path, monkeypatch, caplog
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
     # a cat that writes a plausible but wrong file and then fails: its output must not be used
     script = "printf 'ffffffff81000000 T bogus\\n'\nexit 3\n"
-    monkeypatch.setattr(kallsyms_module, "_CAT_PATH", fake_cat(tmp_path, script))
+    monkeypatch.setattr(kallsyms_pipe, "_CAT_PATH", fake_cat(tmp_path, script))
     with caplog.at_level("DEBUG", logger="klpd.sources.kallsyms"):
-        k = read_kallsyms(fx.root)
-    assert k.occurrences("vmlinux", "bogus") == ()
-    assert everything(k, NAMES) == everything(parse(text()), NAMES)
+        read = read_kallsyms(fx.root)
+    assert read.value.occurrences("vmlinux", "bogus") == ()
+    assert everything(read, NAMES) == everything(parsed(text()), NAMES)
     assert "exited with 3" in caplog.text
 
 
@@ -531,17 +545,17 @@ def test_cat_killed_by_a_signal_falls_back(tmp_path, monkeypatch):
     fx = FixtureRoot(tmp_path)
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
     script = "printf 'ffffffff81000000 T bogus'\nkill -9 $$\n"
-    monkeypatch.setattr(kallsyms_module, "_CAT_PATH", fake_cat(tmp_path, script))
-    assert everything(read_kallsyms(fx.root), NAMES) == everything(parse(text()), NAMES)
+    monkeypatch.setattr(kallsyms_pipe, "_CAT_PATH", fake_cat(tmp_path, script))
+    assert everything(read_kallsyms(fx.root), NAMES) == everything(parsed(text()), NAMES)
 
 
 def test_no_cat_falls_back_to_the_direct_read(tmp_path, monkeypatch, caplog):
     fx = FixtureRoot(tmp_path)
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
-    monkeypatch.setattr(kallsyms_module, "_CAT_PATH", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(kallsyms_pipe, "_CAT_PATH", str(tmp_path / "nowhere"))
     with caplog.at_level("DEBUG", logger="klpd.sources.kallsyms"):
-        k = read_kallsyms(fx.root)
-    assert everything(k, NAMES) == everything(parse(text()), NAMES)
+        read = read_kallsyms(fx.root)
+    assert everything(read, NAMES) == everything(parsed(text()), NAMES)
     assert "no cat" in caplog.text
 
 
@@ -552,8 +566,8 @@ def test_cat_that_cannot_be_spawned_falls_back(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(1, "Operation not permitted")  # what seccomp or an LSM gives
 
-    monkeypatch.setattr(kallsyms_module.subprocess, "Popen", denied)
-    assert everything(read_kallsyms(fx.root), NAMES) == everything(parse(text()), NAMES)
+    monkeypatch.setattr(kallsyms_pipe.subprocess, "Popen", denied)
+    assert everything(read_kallsyms(fx.root), NAMES) == everything(parsed(text()), NAMES)
     with pytest.raises(SourceError):
         read_kallsyms(FixtureRoot(tmp_path / "empty").root)
 
@@ -561,23 +575,23 @@ def test_cat_that_cannot_be_spawned_falls_back(tmp_path, monkeypatch):
 def test_reread_with_previous_does_not_spawn_cat(tmp_path, monkeypatch):
     fx = FixtureRoot(tmp_path)
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
-    first = read_kallsyms(fx.root)
+    first = read_kallsyms(fx.root).value
 
     def unexpected(*args, **kwargs):
         raise AssertionError("cat spawned for a re-read")
 
-    monkeypatch.setattr(kallsyms_module.subprocess, "Popen", unexpected)
-    assert read_kallsyms(fx.root, previous=first).vmlinux_reused
-    assert read_kallsyms(fx.root, previous=first.memo()).vmlinux_reused
+    monkeypatch.setattr(kallsyms_pipe.subprocess, "Popen", unexpected)
+    assert read_kallsyms(fx.root, previous=first).value.vmlinux_reused
+    assert read_kallsyms(fx.root, previous=first.memo()).value.vmlinux_reused
 
 
 @pytest.mark.parametrize("case", ["plain", "hidden", "only modules", "bracket in a vmlinux line", "many blocks"])
 def test_well_formed_files_are_parsed_as_they_arrive(tmp_path, monkeypatch, case):
     # lines cut by the pipe must be put together again, not sent to the careful whole-file parse
-    monkeypatch.setattr(kallsyms_module, "_PIPE_SIZE", 61)
+    monkeypatch.setattr(kallsyms_pipe, "_PIPE_SIZE", 61)
     fx = FixtureRoot(tmp_path)
     fx.write("/proc/kallsyms", CAT_CASES[case])
-    direct = parse(CAT_CASES[case])
+    direct = parsed(CAT_CASES[case])
 
     def whole_file(*args, **kwargs):
         raise AssertionError("fell back to parsing the whole file")
