@@ -70,7 +70,7 @@ def bench_storm() -> None:
     last = time.monotonic()
     while True:
         snap = agent.snapshot
-        if snap is not None and snap.metrics.stats.events.get("udev", 0) == n:
+        if snap is not None and snap.stats.events.get("udev", 0) == n:
             converged = time.monotonic()
             break
         time.sleep(0.001)
@@ -143,7 +143,7 @@ def bench_scrape() -> None:
     thread.start()
     while agent.snapshot is None:
         time.sleep(0.01)
-    url = f"http://127.0.0.1:{agent.metrics_server.port}/metrics"  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{agent.servers.metrics.port}/metrics"  # type: ignore[union-attr]
     with urllib.request.urlopen(url, timeout=5) as r:
         size = len(r.read())
     # The scraper is another process, as Prometheus is: a client thread here would compete for the GIL.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from klpd.daemon.stats import DaemonStats
 from klpd.model import (
     HostStatus,
     ModuleLoad,
@@ -14,7 +15,7 @@ from klpd.model import (
     SymbolResult,
     SymbolStatus,
 )
-from klpd.outputs.metrics import DaemonStats, MetricsSnapshot
+from klpd.outputs.metrics import MetricsSnapshot
 
 RELEASE = "6.1.0-18-amd64"
 T0 = 1_700_000_000.0

@@ -18,6 +18,7 @@ from klpd.daemon.events import Batch, Event
 from klpd.daemon.inotify import PatchDirWatcher
 from klpd.daemon.kernel_log import KmsgSource
 from klpd.daemon.loop import Agent
+from klpd.daemon.schedule import IMMEDIATE
 from klpd.daemon.systemd_notify import Notifier
 from klpd.daemon.uevents import UeventSource
 from tests.daemon_scenario import PATCH, PATCH_FILE, RELEASE, TARGET, FakeMonitor, Host, patch_module
@@ -67,7 +68,7 @@ class Running:
         return next(p for p in doc["patches"] if p["name"] == PATCH)
 
     def metrics(self) -> str:
-        port = self.agent.metrics_server.port
+        port = self.agent.servers.metrics.port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             return r.read().decode()
 
@@ -296,12 +297,12 @@ def test_a_failing_source_is_dropped_and_a_reload_brings_it_back(tmp_path):
     try:
         wait_for(lambda: agent.snapshot is not None, what="first evaluation")
         os.write(source.w, b"x")
-        wait_for(lambda: agent.snapshot.metrics.stats.source_up.get("broken") is False, what="source marked down")
+        wait_for(lambda: agent.snapshot.stats.source_up.get("broken") is False, what="source marked down")
         assert thread.is_alive()  # the agent goes on without it
         agent.request_reload()
-        wait_for(lambda: agent.snapshot.metrics.stats.source_up.get("broken") is True, what="source back up")
+        wait_for(lambda: agent.snapshot.stats.source_up.get("broken") is True, what="source back up")
         os.write(source.w, b"x")
-        wait_for(lambda: agent.snapshot.metrics.stats.events.get("broken") == 1, what="its events counted again")
+        wait_for(lambda: agent.snapshot.stats.events.get("broken") == 1, what="its events counted again")
     finally:
         agent.request_stop()
         thread.join(5)
@@ -314,7 +315,7 @@ def test_an_immediate_resync_is_not_postponed_by_later_events(tmp_path):
     try:
         agent.handle("kmsg", Batch((), lost=1))  # lost events: evaluate now
         agent.handle("udev", Batch((Event(time.time(), "udev", "add", "m"),)))
-        assert agent._deadline == 0.0
+        assert agent.schedule.deadline == IMMEDIATE
     finally:
         agent.close()
 
@@ -322,7 +323,7 @@ def test_an_immediate_resync_is_not_postponed_by_later_events(tmp_path):
 def test_status_line_counts_a_refused_module_load_as_a_problem():
     import json
 
-    from klpd.daemon.loop import summarize
+    from klpd.daemon.snapshot import summarize
     from klpd.outputs.json import status_from_document
 
     golden = Path(__file__).parent / "golden" / "status"

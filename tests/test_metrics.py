@@ -1,4 +1,5 @@
-"""The Prometheus collector over a snapshot, its text exposition (golden file, promtool) and the textfile writer.
+"""The Prometheus collector over a snapshot, its text exposition (golden file, promtool), the /metrics app and
+the textfile writer.
 
 Regenerate the golden file after an intended change with ``KLPD_UPDATE_GOLDEN=1 pytest tests/test_metrics.py``.
 """
@@ -17,20 +18,18 @@ import pytest
 from metrics_fixture import basic_snapshot, basic_stats, basic_status
 from prometheus_client import CollectorRegistry, generate_latest
 
+from klpd.daemon.stats import DaemonStats
 from klpd.outputs import metrics
+from klpd.outputs.exposition import Exposition, metrics_wsgi_app, write_textfile
 from klpd.outputs.metrics import (
     METRIC_NAMES,
     METRICS,
     PATCH_STATES,
     SYMBOL_STATUSES,
-    DaemonStats,
-    ExpositionCache,
     KlpdCollector,
     MetricsSnapshot,
     build_registry,
-    metrics_wsgi_app,
     render,
-    write_textfile,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics_basic.prom"
@@ -39,7 +38,7 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 def registry_for(snapshot: MetricsSnapshot | None, version: str = "test") -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(KlpdCollector(lambda: snapshot, version))
+    registry.register(KlpdCollector(snapshot, version))
     return registry
 
 
@@ -83,7 +82,7 @@ def test_patch_state_is_one_hot(reg):
 
 def test_loaded_enabled_unknown_is_its_own_state():
     patch = replace(basic_status().patches[1], enabled=None)
-    reg = registry_for(MetricsSnapshot(replace(basic_status(), patches=(patch,))))
+    reg = registry_for(MetricsSnapshot(replace(basic_status(), patches=(patch,)), DaemonStats()))
     assert value(reg, "klpd_patch_state", patch="livepatch_xfs", state="unknown") == 1
     assert value(reg, "klpd_patch_state", patch="livepatch_xfs", state="disabled") == 0
 
@@ -181,33 +180,17 @@ def test_before_first_evaluation_only_build_info():
     assert [(s.name, s.value) for s in samples] == [("klpd_build_info", 1)]
 
 
-# --- the collector never computes on a scrape -------------------------------------------------------------------
+# --- nothing is computed on a scrape (the daemon's side: tests/test_daemon_loop.py) -----------------------------
 
 
-def test_families_built_once_per_snapshot(monkeypatch):
-    calls = []
-    real = metrics.build_families
-    monkeypatch.setattr(metrics, "build_families", lambda *a: calls.append(1) or real(*a))
-    current = {"snapshot": basic_snapshot()}
-    collector = KlpdCollector(lambda: current["snapshot"])
-    first = list(collector.collect())
-    assert list(collector.collect()) == first
-    assert len(calls) == 1
-    current["snapshot"] = MetricsSnapshot(basic_status(), replace(basic_stats(), evaluations=6))
-    registry = CollectorRegistry()
-    registry.register(collector)
-    assert registry.get_sample_value("klpd_evaluations_total") == 6
-    assert len(calls) == 2
-
-
-def test_exposition_cache_renders_once_per_snapshot():
-    current = {"snapshot": basic_snapshot()}
-    cache = ExpositionCache(lambda: current["snapshot"], version="test", process=False)
-    first = cache.scrape()
-    assert first == render(current["snapshot"], version="test")
-    assert cache.scrape() is first  # the same bytes: nothing rendered on this scrape
-    current["snapshot"] = MetricsSnapshot(basic_status(), replace(basic_stats(), evaluations=6))
-    assert b"klpd_evaluations_total 6.0" in cache.scrape()
+def test_a_scrape_serves_the_published_bytes_without_rendering(monkeypatch):
+    current = {"text": render(basic_snapshot(), version="test")}
+    monkeypatch.setattr(metrics, "build_families", lambda *a: pytest.fail("metrics rendered on a scrape"))
+    exposition = Exposition(lambda: current["text"], process=False)
+    first = exposition.scrape()
+    assert first is current["text"]  # the same bytes: nothing rendered on this scrape
+    current["text"] = b"klpd_evaluations_total 6.0\n"  # the next snapshot's
+    assert exposition.scrape() is current["text"]
 
 
 def wsgi_get(app, path, method="GET"):
@@ -218,7 +201,7 @@ def wsgi_get(app, path, method="GET"):
 
 
 def test_wsgi_app_serves_metrics_only_at_metrics():
-    app = metrics_wsgi_app(ExpositionCache(basic_snapshot, process=False))
+    app = metrics_wsgi_app(Exposition(lambda: render(basic_snapshot()), process=False))
     status, headers, body = wsgi_get(app, "/metrics")
     assert status == "200 OK"
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -261,13 +244,14 @@ def promtool_check(data: bytes) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("source", ["registry", "cache"])
+@pytest.mark.parametrize("source", ["registry", "exposition"])
 def test_promtool_accepts_the_daemon_output(source):
-    # klpd's metrics plus process_*, through the collector registry and through the cached exposition
+    # klpd's metrics plus process_*, through the collector registry and through the daemon's exposition
     if source == "registry":
-        data = generate_latest(build_registry(basic_snapshot))
+        data = generate_latest(build_registry(basic_snapshot()))
     else:
-        data = ExpositionCache(basic_snapshot).scrape()
+        text = render(basic_snapshot())
+        data = Exposition(lambda: text).scrape()
     assert b"process_resident_memory_bytes" in data
     result = promtool_check(data)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -6,7 +6,7 @@ scrape. Each server runs in a daemon thread of its own; the loop never waits for
 - ``GET /v1/status``: the ``klpd.status/1`` document with the daemon's own ``"daemon"`` part (klpctl status);
   ``GET /v1/health``: is the daemon up, how fresh is its snapshot, which sources work. 503 before the first
   evaluation, 404 for any other path.
-- ``/metrics``: prometheus-client's text format, from :class:`klpd.outputs.metrics.ExpositionCache`.
+- ``/metrics``: prometheus-client's text format, from :class:`klpd.outputs.exposition.Exposition`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from klpd.config import ListenAddress
 from klpd.errors import SetupError
-from klpd.outputs.metrics import ExpositionCache, metrics_wsgi_app
+from klpd.outputs.exposition import Exposition, metrics_wsgi_app
 from klpd.protocol import HEALTH_PATH, STATUS_PATH
 
 # SetupError lives in klpd.errors; it stays importable from here, where the daemon's entry point catches it.
@@ -227,9 +227,9 @@ class _MetricsWSGIServer6(_MetricsWSGIServer):
 class MetricsServer:
     """/metrics over HTTP on ``listen``."""
 
-    def __init__(self, listen: ListenAddress, cache: ExpositionCache) -> None:
+    def __init__(self, listen: ListenAddress, exposition: Exposition) -> None:
         self.listen = listen
-        self._app = metrics_wsgi_app(cache)
+        self._app = metrics_wsgi_app(exposition)
         self._server: WSGIServer | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None

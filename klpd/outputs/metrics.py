@@ -1,8 +1,11 @@
-"""Prometheus metrics: a custom collector over the daemon's latest snapshot, and the node_exporter textfile.
+"""Prometheus metrics: klpd's metric families over one evaluation, and their text (:func:`render`).
 
-Nothing is computed on a scrape. The daemon publishes an immutable :class:`MetricsSnapshot` (the
-:class:`~klpd.model.HostStatus` of its last evaluation plus its own counters, :class:`DaemonStats`); the collector
-turns a snapshot into metric families once and serves those families until the next snapshot replaces it.
+Nothing is computed on a scrape. The daemon renders the text of each evaluation once, with :func:`render`, into
+the snapshot it publishes (:mod:`klpd.daemon.snapshot`); :mod:`klpd.outputs.exposition` serves those bytes on
+/metrics (with the live process_* metrics) and writes them to node_exporter's textfile directory. What is
+rendered is a :class:`MetricsSnapshot`: the :class:`~klpd.model.HostStatus` of the evaluation plus the daemon's
+counters, read through the :class:`DaemonCounters` protocol (the daemon's ``DaemonStats`` has those fields, and
+the outputs do not import the daemon).
 
 Every metric klpd exports is declared once, in :data:`METRICS` (name, type, help, labels); the collector can only
 emit declared metrics, and the tests check the alert rules and the Grafana dashboard against the same list.
@@ -13,26 +16,16 @@ Naming follows https://prometheus.io/docs/practices/naming/: the ``klpd_`` prefi
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from types import MappingProxyType
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from klpd import __version__
 from klpd.model import VMLINUX, HostStatus, ModuleLoad, ObjectStatus, PatchStatus, SectionState, Severity, SymbolStatus
-
-TEXTFILE_NAME = "klpd.prom"
-# The format generate_latest() writes for klpd's names (all valid in the classic grammar). Spelt out because
-# prometheus-client's CONTENT_TYPE_LATEST says version=1.0.0 in recent releases; older Prometheus servers expect 0.0.4.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Kind(StrEnum):
@@ -142,30 +135,42 @@ METRICS: tuple[MetricDef, ...] = (
 METRIC_NAMES: frozenset[str] = frozenset(m.name for m in METRICS)
 
 
-def _empty() -> Mapping[Any, Any]:
-    return MappingProxyType({})
+class DaemonCounters(Protocol):
+    """What only the daemon knows, as of one snapshot (klpd.daemon.stats.DaemonStats). Counters count since the
+    daemon started; read-only properties, so a frozen dataclass satisfies it."""
 
+    @property
+    def events(self) -> Mapping[str, int]: ...  # by source
 
-@dataclass(frozen=True)
-class DaemonStats:
-    """What only the daemon knows, as of one snapshot. Counters count since the daemon started."""
+    @property
+    def lost_events(self) -> Mapping[str, int]: ...  # by source
 
-    events: Mapping[str, int] = field(default_factory=_empty)  # by source
-    lost_events: Mapping[str, int] = field(default_factory=_empty)  # by source
-    evaluations: int = 0
-    evaluation_duration_seconds: float | None = None  # of the evaluation that produced the snapshot
-    evaluation_timestamp_seconds: float | None = None  # Unix time it finished
-    source_up: Mapping[str, bool] = field(default_factory=_empty)  # by source
-    refusals: Mapping[tuple[str, str], int] = field(default_factory=_empty)  # (patch, object)
-    transition_start: Mapping[str, float] = field(default_factory=_empty)  # patch -> Unix time
-    # patch -> tasks whose patch_state differs from the target; a patch is missing when that was unreadable
-    transition_blocking_tasks: Mapping[str, int] = field(default_factory=_empty)
+    @property
+    def evaluations(self) -> int: ...
+
+    @property
+    def evaluation_duration_seconds(self) -> float | None: ...  # of the evaluation that produced the snapshot
+
+    @property
+    def evaluation_timestamp_seconds(self) -> float | None: ...  # Unix time it finished
+
+    @property
+    def source_up(self) -> Mapping[str, bool]: ...  # by source
+
+    @property
+    def refusals(self) -> Mapping[tuple[str, str], int]: ...  # (patch, object)
+
+    @property
+    def transition_start(self) -> Mapping[str, float]: ...  # patch -> Unix time
+
+    @property
+    def transition_blocking_tasks(self) -> Mapping[str, int]: ...  # patch -> tasks not yet switched
 
 
 @dataclass(frozen=True)
 class MetricsSnapshot:
     status: HostStatus
-    stats: DaemonStats = field(default_factory=DaemonStats)
+    stats: DaemonCounters
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -251,7 +256,7 @@ def _patch_info_labels(patch: PatchStatus) -> tuple[str, str, str, str]:
     return (patch.name, patch.path or "", patch.srcversion or "", release)
 
 
-def _patch(out: _Families, patch: PatchStatus, stats: DaemonStats) -> None:
+def _patch(out: _Families, patch: PatchStatus, stats: DaemonCounters) -> None:
     name = patch.name
     out.add(PATCH_LOADED, float(patch.loaded), name)
     state = patch_state(patch)
@@ -293,7 +298,7 @@ def _object(out: _Families, patch: str, obj: ObjectStatus) -> None:
         out.add(SECTIONS, count, patch, obj.name, state)
 
 
-def _daemon(out: _Families, stats: DaemonStats, patches: Iterable[PatchStatus]) -> None:
+def _daemon(out: _Families, stats: DaemonCounters, patches: Iterable[PatchStatus]) -> None:
     # A refusal counter that only appears at the first refusal hides that first increase from increase() and
     # rate(), so every (patch, module) that could be refused starts at 0.
     refusals: dict[tuple[str, str], int] = {
@@ -321,25 +326,18 @@ def _daemon(out: _Families, stats: DaemonStats, patches: Iterable[PatchStatus]) 
 
 
 class KlpdCollector:
-    """A prometheus-client collector serving the latest snapshot.
+    """A prometheus-client collector over one snapshot (None: before the first evaluation).
 
-    ``get_snapshot`` returns the daemon's current snapshot (a plain attribute read: it must not compute). The
-    families of a snapshot are built once and reused for every scrape until ``get_snapshot`` returns another one.
+    It builds the families on every collect(): the daemon calls it once per evaluation, through :func:`render`,
+    and serves the text it got (klpd.outputs.exposition).
     """
 
-    def __init__(self, get_snapshot: Callable[[], MetricsSnapshot | None], version: str = __version__) -> None:
-        self._get_snapshot = get_snapshot
+    def __init__(self, snapshot: MetricsSnapshot | None, version: str = __version__) -> None:
+        self._snapshot = snapshot
         self._version = version
-        # One (snapshot, families) pair, swapped as a whole so a concurrent scrape never sees a mix.
-        self._cache: tuple[MetricsSnapshot | None, list[Metric]] | None = None
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = self._get_snapshot()
-        cache = self._cache
-        if cache is None or cache[0] is not snapshot:
-            cache = (snapshot, build_families(snapshot, self._version))
-            self._cache = cache
-        return iter(cache[1])
+        return iter(build_families(self._snapshot, self._version))
 
     def describe(self) -> Iterator[Metric]:
         # Lets a registry detect name clashes without building families from a snapshot.
@@ -347,11 +345,11 @@ class KlpdCollector:
 
 
 def build_registry(
-    get_snapshot: Callable[[], MetricsSnapshot | None], *, version: str = __version__, process: bool = True
+    snapshot: MetricsSnapshot | None, *, version: str = __version__, process: bool = True
 ) -> CollectorRegistry:
-    """A registry for the daemon's /metrics: klpd's collector, plus process_* metrics (memory, CPU) if asked."""
+    """A registry with klpd's collector over ``snapshot``, plus process_* metrics (memory, CPU) if asked."""
     registry = CollectorRegistry()
-    registry.register(KlpdCollector(get_snapshot, version))
+    registry.register(KlpdCollector(snapshot, version))
     if process:
         ProcessCollector(registry=registry)
     return registry
@@ -359,75 +357,4 @@ def build_registry(
 
 def render(snapshot: MetricsSnapshot | None, version: str = __version__) -> bytes:
     """The text exposition format (0.0.4) of one snapshot: what /metrics and the textfile contain of klpd."""
-    return generate_latest(build_registry(lambda: snapshot, version=version, process=False))
-
-
-class ExpositionCache:
-    """/metrics for the daemon: klpd's text rendered once per snapshot, so a scrape only copies bytes.
-
-    prometheus-client formats every sample on every scrape, which for 50 patches (thousands of series) costs tens
-    of milliseconds; the snapshot only changes on an evaluation, so its text is rendered on the first scrape (or
-    textfile write) after it changes. The process_* metrics (a handful, read from /proc/self) stay live.
-    """
-
-    def __init__(
-        self, get_snapshot: Callable[[], MetricsSnapshot | None], *, version: str = __version__, process: bool = True
-    ) -> None:
-        self._get_snapshot = get_snapshot
-        self._version = version
-        self._process: CollectorRegistry | None = None
-        if process:
-            self._process = CollectorRegistry()
-            ProcessCollector(registry=self._process)
-        self._cache: tuple[MetricsSnapshot | None, bytes] | None = None
-
-    def klpd_text(self) -> bytes:
-        snapshot = self._get_snapshot()
-        cache = self._cache
-        if cache is None or cache[0] is not snapshot:
-            cache = (snapshot, render(snapshot, self._version))
-            self._cache = cache
-        return cache[1]
-
-    def scrape(self) -> bytes:
-        text = self.klpd_text()
-        return text + generate_latest(self._process) if self._process is not None else text
-
-
-def metrics_wsgi_app(cache: ExpositionCache) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
-    """A WSGI application serving ``cache`` at /metrics (for wsgiref, as prometheus-client's own server uses)."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"klpd serves /metrics\n"]
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
-            return [b""]
-        body = cache.scrape()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
-
-    return app
-
-
-def write_textfile(directory: Path, data: bytes, name: str = TEXTFILE_NAME) -> Path:
-    """Write ``data`` to ``directory/name`` atomically, for node_exporter's textfile collector.
-
-    The data goes to a temporary file in the same directory (same file system, so the rename is atomic; named
-    without the ``.prom`` suffix, so node_exporter never reads it half-written), which then replaces the target.
-    OSError propagates: the caller decides whether a failed write is worth more than a log line.
-    """
-    target = directory / name
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp creates 0600; node_exporter usually runs as another user.
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return target
+    return generate_latest(build_registry(snapshot, version=version, process=False))
