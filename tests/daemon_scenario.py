@@ -1,4 +1,5 @@
-"""A fixture host whose livepatch state the daemon tests change step by step, plus a fake uevent monitor.
+"""A fixture host whose livepatch state the daemon tests change step by step, a fake uevent monitor, and simulated
+time for the loop.
 
 The host: kernel 6.1.0-test with livepatch support; an installed patch ``livepatch_demo`` (kpatch directory)
 patching vmlinux (``printk``) and the module ``klpd_target`` (``target_fn``), which modules.dep knows. The
@@ -9,8 +10,12 @@ completes. Kernel log lines go through a FIFO at ``dev/kmsg``, in /dev/kmsg's re
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import os
+import selectors
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,3 +160,60 @@ class FakeMonitor:
     def close(self) -> None:
         os.close(self._r)
         os.close(self._w)
+
+
+class SimulatedTime:
+    """A monotonic clock that moves only while the loop waits, and the selector the loop waits in.
+
+    The loop's select(timeout) returns at once: with what the real select(0) finds ready, else after moving the
+    clock to the next scripted action (which runs, and whatever it wrote is then found ready) or by the whole
+    timeout, whichever comes first. So a test scripts when things happen (``at``) and the loop's timers run on
+    simulated seconds: no real sleep, and no verdict that depends on how loaded the machine is.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.start = start
+        self.waits: list[float | None] = []  # every timeout the loop asked to sleep for
+        self._actions: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    def at(self, offset: float, action: Callable[[], object]) -> None:
+        """Run ``action`` ``offset`` simulated seconds after the start."""
+        heapq.heappush(self._actions, (self.start + offset, next(self._order), action))
+
+    def selector(self) -> selectors.BaseSelector:
+        return _SimulatedSelector(self)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Move the clock for a select() that found nothing ready; True when a scripted action ran."""
+        self.waits.append(timeout)
+        if len(self.waits) > 100_000:
+            raise AssertionError("the loop spins without sleeping")
+        until = None if timeout is None else self.now + timeout
+        if self._actions and (until is None or self._actions[0][0] <= until):
+            when, _, action = heapq.heappop(self._actions)
+            self.now = max(self.now, when)
+            action()
+            return True
+        if until is None:
+            raise AssertionError("the loop would sleep for ever, and nothing is scripted to wake it")
+        self.now = until
+        return False
+
+
+class _SimulatedSelector(selectors.DefaultSelector):
+    def __init__(self, time: SimulatedTime) -> None:
+        super().__init__()
+        self._time = time
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if ready:
+            return ready
+        if self._time.wait(timeout):
+            return super().select(0)
+        return []

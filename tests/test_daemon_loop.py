@@ -1,6 +1,7 @@
 """The daemon end to end, in-process: a fixture host changes under a running Agent, fed by a fake uevent monitor,
 a FIFO standing in for /dev/kmsg and real inotify; the answers are read back through the Unix socket API (as
-klpctl does) and /metrics over HTTP."""
+klpctl does) and /metrics over HTTP. Those tests wait (boundedly) for real I/O; the tests of the loop's timing
+run it in simulated time (``SimulatedTime``), so no verdict depends on how fast this machine is."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from klpd.daemon.loop import Agent
 from klpd.daemon.schedule import IMMEDIATE
 from klpd.daemon.systemd_notify import Notifier
 from klpd.daemon.uevents import UeventSource
-from tests.daemon_scenario import PATCH, PATCH_FILE, RELEASE, TARGET, FakeMonitor, Host, patch_module
+from tests.daemon_scenario import PATCH, PATCH_FILE, RELEASE, TARGET, FakeMonitor, Host, SimulatedTime, patch_module
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):
@@ -178,17 +179,37 @@ def test_lost_events_force_a_resync_and_are_counted(running):
     assert sample(r.metrics(), 'klpd_lost_events_total{source="udev"}') == 1
 
 
+def simulated_agent(host: Host, sim: SimulatedTime, **kwargs) -> tuple[Agent, list[float]]:
+    """An Agent on ``host`` whose loop runs in ``sim``'s time; the list gets the time of each evaluation."""
+    evaluations: list[float] = []
+
+    class Counting(Evaluator):
+        def evaluate(self, files=None):
+            evaluations.append(sim.clock())
+            return super().evaluate(files)
+
+    config = Config(**{"root": host.path, "socket": None, "listen": None, **kwargs.pop("config", {})})
+    kwargs.setdefault("notifier", Notifier(send=lambda s: None, environ={}))
+    agent = Agent(config, evaluator_factory=Counting, clock=sim.clock, selector=sim.selector(), **kwargs)
+    return agent, evaluations
+
+
 def test_a_storm_costs_a_handful_of_evaluations(tmp_path):
-    r = Running(tmp_path, coalesce_delay=0.1)
+    sim = SimulatedTime()
+    monitor = FakeMonitor()
+    agent, count = simulated_agent(Host(tmp_path / "host"), sim, sources=[UeventSource(monitor, "udev")],
+                                   config={"coalesce_delay": 0.1, "resync_interval": 300.0})  # fmt: skip
+    for i in range(300):  # 300 events over 0.6 s
+        sim.at(0.002 * (i + 1), lambda i=i: monitor.emit("add" if i % 2 == 0 else "remove", f"mod{i}"))
+    sim.at(5.0, agent.request_stop)
     try:
-        before = r.evaluations
-        for i in range(300):  # 300 events over ~0.6 s
-            r.monitor.emit("add" if i % 2 == 0 else "remove", f"mod{i}")
-            time.sleep(0.002)
-        wait_for(lambda: r.status()["daemon"]["sources"]["udev"]["events"] == 300, what="storm counted")
-        assert 1 <= r.evaluations - before <= 4
+        agent.run()
     finally:
-        r.stop()
+        agent.close()
+        monitor.close()
+    assert agent.snapshot.daemon["sources"]["udev"]["events"] == 300  # the storm counted
+    before = 1  # run()'s first evaluation, at the start
+    assert 1 <= len(count) - before <= 4
 
 
 class _ScriptedSource:
@@ -214,38 +235,28 @@ class _ScriptedSource:
 
 def test_idle_daemon_sleeps_until_the_resync(tmp_path):
     """No event, no evaluation: the loop waits in select() for the periodic resync, which does come."""
-    host = Host(tmp_path / "host")
-    count = []
-
-    class Counting(Evaluator):
-        def evaluate(self, files=None):
-            count.append(time.monotonic())
-            return super().evaluate(files)
-
-    config = Config(root=host.path, socket=None, listen=None, resync_interval=0.5)
-    notifier = Notifier(send=lambda s: None, environ={})
-    agent = Agent(config, sources=[], evaluator_factory=Counting, notifier=notifier)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    time.sleep(1.2)
-    agent.request_stop()
-    thread.join(5)
-    agent.close()
+    sim = SimulatedTime()
+    agent, count = simulated_agent(Host(tmp_path / "host"), sim, sources=[], config={"resync_interval": 0.5})
+    sim.at(1.2, agent.request_stop)
+    try:
+        agent.run()
+    finally:
+        agent.close()
     assert len(count) == 3  # the first evaluation and two resyncs, 0.5 s apart
     assert 0.4 < count[1] - count[0] < 0.8
+    assert sim.waits == pytest.approx([0.5, 0.5, 0.5])  # each select() slept until the next resync (or the stop)
 
 
 def test_watchdog_pings_when_systemd_asks(tmp_path):
-    host = Host(tmp_path / "host")
+    sim = SimulatedTime()
     notes: list[str] = []
     notifier = Notifier(send=notes.append, environ={"WATCHDOG_USEC": "200000"})
-    agent = Agent(Config(root=host.path, socket=None, listen=None), sources=[], notifier=notifier)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    time.sleep(0.55)
-    agent.request_stop()
-    thread.join(5)
-    agent.close()
+    agent, _ = simulated_agent(Host(tmp_path / "host"), sim, sources=[], notifier=notifier)
+    sim.at(0.55, agent.request_stop)
+    try:
+        agent.run()
+    finally:
+        agent.close()
     assert 4 <= notes.count("WATCHDOG=1") <= 8  # every 0.1 s
     assert notes[-1] == "STOPPING=1"
 
@@ -311,11 +322,35 @@ def test_a_failing_source_is_dropped_and_a_reload_brings_it_back(tmp_path):
 
 def test_an_immediate_resync_is_not_postponed_by_later_events(tmp_path):
     host = Host(tmp_path / "host")
-    agent = Agent(Config(root=host.path, socket=None, listen=None, coalesce_delay=5.0), sources=[])
+    sim = SimulatedTime()
+    agent = Agent(Config(root=host.path, socket=None, listen=None, coalesce_delay=5.0), sources=[], clock=sim.clock)
     try:
         agent.handle("kmsg", Batch((), lost=1))  # lost events: evaluate now
         agent.handle("udev", Batch((Event(time.time(), "udev", "add", "m"),)))
         assert agent.schedule.deadline == IMMEDIATE
+    finally:
+        agent.close()
+
+
+def test_metrics_are_rendered_once_per_evaluation_and_a_scrape_copies_them(tmp_path, monkeypatch):
+    from klpd.outputs import metrics
+
+    calls = []
+    real = metrics.build_families
+    monkeypatch.setattr(metrics, "build_families", lambda *a: calls.append(1) or real(*a))
+    host = Host(tmp_path / "host")
+    agent = Agent(Config(root=host.path, socket=None, listen=None), sources=[],
+                  notifier=Notifier(send=lambda s: None, environ={}))  # fmt: skip
+    try:
+        calls.clear()  # the Agent renders the before-the-first-evaluation text once, at start
+        agent.evaluate_now()
+        scrapes = [agent.exposition.scrape() for _ in range(3)]
+        assert len(calls) == 1  # rendered when the snapshot was published; the scrapes only copied it
+        assert all(s.startswith(agent.snapshot.metrics_text) for s in scrapes)
+        assert b"klpd_evaluations_total 1.0" in scrapes[0]
+        agent.evaluate_now()
+        assert b"klpd_evaluations_total 2.0" in agent.exposition.scrape()
+        assert len(calls) == 2
     finally:
         agent.close()
 
