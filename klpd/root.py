@@ -81,50 +81,53 @@ class SystemRoot:
         """The location under this root of an absolute host path such as ``/proc/kallsyms``."""
         return self.root / host_path.lstrip("/")
 
-    # /proc
-    @property
-    def proc(self) -> Path:
-        return self.path("/proc")
-
+    # What the readers in klpd.sources read: HostPaths, so a reader never converts back for its messages.
     @property
     def kallsyms(self) -> HostPath:
         return self.file("/proc/kallsyms")
 
     @property
-    def proc_modules(self) -> Path:
-        return self.path("/proc/modules")
+    def proc_modules(self) -> HostPath:
+        return self.file("/proc/modules")
 
     @property
-    def osrelease(self) -> Path:
-        return self.path("/proc/sys/kernel/osrelease")
+    def osrelease(self) -> HostPath:
+        return self.file("/proc/sys/kernel/osrelease")
 
     @property
-    def tainted(self) -> Path:
-        return self.path("/proc/sys/kernel/tainted")
-
-    # /sys
-    @property
-    def sys_module(self) -> Path:
-        return self.path("/sys/module")
+    def tainted(self) -> HostPath:
+        return self.file("/proc/sys/kernel/tainted")
 
     @property
-    def sys_livepatch(self) -> Path:
-        return self.path("/sys/kernel/livepatch")
+    def sys_module(self) -> HostPath:
+        return self.file("/sys/module")
 
-    # /dev
+    @property
+    def sys_livepatch(self) -> HostPath:
+        return self.file("/sys/kernel/livepatch")
+
+    def modules_dir(self, release: str) -> HostPath:
+        return self.file(f"/lib/modules/{release}")
+
+    def modules_dep(self, release: str) -> HostPath:
+        return self.modules_dir(release).child("modules.dep")
+
+    # What the daemon opens, scans or watches itself and names by host_path() only when it reports it: plain
+    # Paths, as its event sources take them.
+    @property
+    def proc(self) -> Path:
+        return self.path("/proc")
+
     @property
     def kmsg(self) -> Path:
         return self.path("/dev/kmsg")
 
-    # /lib/modules
-    def modules_dir(self, release: str) -> Path:
-        return self.path(f"/lib/modules/{release}")
-
-    def modules_dep(self, release: str) -> Path:
-        return self.modules_dir(release) / "modules.dep"
-
     def patch_dirs_for(self, release: str) -> tuple[Path, ...]:
-        """Every patch install directory for ``release``, under this root, in configured order."""
+        """Every patch install directory for ``release``, under this root, in configured order.
+
+        Plain Paths: the daemon watches them, and find_patch_files() walks them and names what it finds with
+        :meth:`under`.
+        """
         return tuple(self.path(d.replace("{release}", release)) for d in self.patch_dirs)
 
     def host_path(self, path: Path) -> str:

@@ -113,7 +113,7 @@ def test_patch_vanishing_mid_read_is_left_out(tmp_path, monkeypatch):
         if self.directory.name == "going" and path.name == "enabled":
             import shutil
 
-            shutil.rmtree(self.directory)  # unpatching completed while we read
+            shutil.rmtree(self.directory.local)  # unpatching completed while we read
         return value
 
     monkeypatch.setattr(livepatch_sysfs._PatchReader, "text", text_then_vanish)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from klpd.root import HostPath
 from klpd.sources.modules_dep import parse_modules_dep, read_modules_dep
 from tests.fixtures import FixtureRoot
 
@@ -15,16 +16,22 @@ extra/livepatch-fix.ko:
 """
 
 
+def host(path: str) -> HostPath:
+    """A .ko that modules.dep read without a root names: read where it is on this host."""
+    return HostPath(path, Path(path))
+
+
 def test_names_paths_and_dependencies():
-    dep = parse_modules_dep(TEXT, "/lib/modules/6.1.0/modules.dep")
-    assert dep.problems == ()
-    assert dep.get("ext4") == Path("/lib/modules/6.1.0/kernel/fs/ext4/ext4.ko.xz")
+    read = parse_modules_dep(TEXT, "/lib/modules/6.1.0/modules.dep")
+    assert read.problems == ()
+    dep = read.value
+    assert dep.get("ext4") == host("/lib/modules/6.1.0/kernel/fs/ext4/ext4.ko.xz")
     # '-' in a file name is '_' in the module name; either spelling finds it
-    virtio = Path("/lib/modules/6.1.0/kernel/drivers/net/virtio-net.ko.zst")
+    virtio = host("/lib/modules/6.1.0/kernel/drivers/net/virtio-net.ko.zst")
     assert dep.get("virtio_net") == dep.get("virtio-net") == virtio
-    assert dep.get("nvidia_drm") == Path("/lib/modules/6.1.0/updates/dkms/nvidia-drm.ko.gz")
-    assert dep.get("livepatch_fix") == Path("/lib/modules/6.1.0/extra/livepatch-fix.ko")
-    assert dep.get("absolute") == Path("/opt/weird/absolute.ko")
+    assert dep.get("nvidia_drm") == host("/lib/modules/6.1.0/updates/dkms/nvidia-drm.ko.gz")
+    assert dep.get("livepatch_fix") == host("/lib/modules/6.1.0/extra/livepatch-fix.ko")
+    assert dep.get("absolute") == host("/opt/weird/absolute.ko")
     assert dep.get("xfs") is None and "xfs" not in dep and "virtio-net" in dep
     assert dep.depends("ext4") == ("crc16", "mbcache", "jbd2")
     assert dep.depends("crc16") == ()
@@ -35,35 +42,37 @@ def test_names_paths_and_dependencies():
 
 def test_odd_lines_are_skipped_and_reported():
     text = "kernel/a.ko:\nno colon here\nkernel/b.o:\nkernel/c.ko: kernel/d.txt\n\nkernel/e.ko:\n"
-    dep = parse_modules_dep(text, "/lib/modules/r/modules.dep")
-    assert dep.names() == frozenset({"a", "e"})
-    (problem,) = dep.problems
+    read = parse_modules_dep(text, "/lib/modules/r/modules.dep")
+    assert read.value.names() == frozenset({"a", "e"})
+    (problem,) = read.problems
     assert "/lib/modules/r/modules.dep" in problem.message and "3 malformed lines" in problem.message
 
 
 def test_first_entry_of_a_repeated_name_wins():
-    dep = parse_modules_dep("kernel/a/x.ko:\nextra/x.ko:\n", "/lib/modules/r/modules.dep")
-    assert dep.get("x") == Path("/lib/modules/r/kernel/a/x.ko")
+    dep = parse_modules_dep("kernel/a/x.ko:\nextra/x.ko:\n", "/lib/modules/r/modules.dep").value
+    assert dep.get("x") == host("/lib/modules/r/kernel/a/x.ko")
 
 
 def test_read_maps_paths_under_the_root(tmp_path):
     fx = FixtureRoot(tmp_path)
     fx.modules_dep("6.1.0", {"kernel/fs/ext4/ext4.ko.xz": ["kernel/fs/jbd2/jbd2.ko.xz"]})
-    dep = read_modules_dep(fx.root, "6.1.0")
+    dep = read_modules_dep(fx.root, "6.1.0").value
     assert dep.path == "/lib/modules/6.1.0/modules.dep"
-    assert dep.get("ext4") == tmp_path / "lib/modules/6.1.0/kernel/fs/ext4/ext4.ko.xz"
-    assert dep.paths() == (tmp_path / "lib/modules/6.1.0/kernel/fs/ext4/ext4.ko.xz",)
+    host_ext4 = "/lib/modules/6.1.0/kernel/fs/ext4/ext4.ko.xz"
+    ext4 = HostPath(host_ext4, tmp_path / host_ext4.lstrip("/"))
+    assert dep.get("ext4") == ext4
+    assert dep.paths() == (ext4,)
 
 
 def test_missing_is_empty_with_a_problem(tmp_path):
-    dep = read_modules_dep(FixtureRoot(tmp_path).root, "6.1.0")
-    assert len(dep) == 0 and dep.get("ext4") is None
-    (problem,) = dep.problems
+    read = read_modules_dep(FixtureRoot(tmp_path).root, "6.1.0")
+    assert len(read.value) == 0 and read.value.get("ext4") is None
+    (problem,) = read.problems
     assert problem.severity == "warning" and "/lib/modules/6.1.0/modules.dep" in problem.message
 
 
 def test_a_path_holding_nul_is_a_malformed_line():
-    dep = parse_modules_dep("kernel/a\0b/evil.ko:\nkernel/fs/ok.ko:\n", "/lib/modules/r/modules.dep")
-    assert dep.names() == frozenset({"ok"})
-    (problem,) = dep.problems
+    read = parse_modules_dep("kernel/a\0b/evil.ko:\nkernel/fs/ok.ko:\n", "/lib/modules/r/modules.dep")
+    assert read.value.names() == frozenset({"ok"})
+    (problem,) = read.problems
     assert "1 malformed line" in problem.message

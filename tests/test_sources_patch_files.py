@@ -27,7 +27,7 @@ def test_every_layout_and_compression(tmp_path):
     fx.file(f"/lib/modules/{REL}/kernel/fs/ext4/ext4.ko.xz")  # not a patch directory
     read = find_patch_files(fx.root, REL)
     assert read.problems == ()
-    assert read.value == tuple(sorted(fx.root.path(f) for f in files))
+    assert read.value == tuple(sorted((fx.root.file(f) for f in files), key=lambda found: found.local))
 
 
 def test_missing_directories_are_normal(tmp_path):
@@ -45,14 +45,15 @@ def test_symlink_loops_and_duplicates(tmp_path):
     usr.parent.mkdir(parents=True)
     usr.symlink_to(real.parent.parent)  # a second install dir that is the first one
     read = find_patch_files(fx.root, REL)
-    assert read.value == (real,)
+    assert read.value == (fx.root.under(real),)
+    assert read.value[0].host == f"/var/lib/kpatch/{REL}/a/kpatch-fix.ko"
 
 
 def test_configured_directories(tmp_path):
     fx = FixtureRoot(tmp_path, patch_dirs=["/opt/patches/{release}"])
     fx.file(f"/opt/patches/{REL}/p.ko")
     fx.file(f"/var/lib/kpatch/{REL}/ignored.ko")
-    assert find_patch_files(fx.root, REL).value == (fx.root.path(f"/opt/patches/{REL}/p.ko"),)
+    assert find_patch_files(fx.root, REL).value == (fx.root.file(f"/opt/patches/{REL}/p.ko"),)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can list a directory of mode 0000")

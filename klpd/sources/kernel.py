@@ -15,7 +15,7 @@ import os
 from klpd.errors import FormatError, SourceError
 from klpd.model import KernelInfo, Problem, Severity
 from klpd.numbers import kernel_decimal
-from klpd.root import SystemRoot
+from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, os_reason, unreadable
 
 
@@ -35,28 +35,25 @@ def parse_tainted(text: str, path: str) -> int:
 
 def _release(root: SystemRoot, problems: list[Problem]) -> str:
     path = root.osrelease
-    host = root.host_path(path)
     try:
-        return parse_osrelease(path.read_text(encoding="utf-8", errors="replace"), host)
+        return parse_osrelease(path.local.read_text(encoding="utf-8", errors="replace"), path.host)
     except (OSError, FormatError) as error:
         if not root.is_live:
             reason = os_reason(error) if isinstance(error, OSError) else error.reason
-            raise SourceError(host, f"{reason}: the kernel release under this root is unknown") from error
+            raise SourceError(path.host, f"{reason}: the kernel release under this root is unknown") from error
         problems.append(
-            Problem("source_unreadable", Severity.WARNING, f"{host}: {error}; using uname(2)", subject=host)
+            Problem("source_unreadable", Severity.WARNING, f"{path.host}: {error}; using uname(2)", subject=path.host)
         )
         return os.uname().release
 
 
-def _tainted(root: SystemRoot, problems: list[Problem]) -> int | None:
-    path = root.tainted
-    host = root.host_path(path)
+def _tainted(path: HostPath, problems: list[Problem]) -> int | None:
     try:
-        return parse_tainted(path.read_text(encoding="utf-8", errors="replace"), host)
+        return parse_tainted(path.local.read_text(encoding="utf-8", errors="replace"), path.host)
     except OSError as error:
-        problems.append(unreadable(host, error))
+        problems.append(unreadable(path.host, error))
     except FormatError as error:
-        problems.append(Problem("attribute_malformed", Severity.WARNING, str(error), subject=host))
+        problems.append(Problem("attribute_malformed", Severity.WARNING, str(error), subject=path.host))
     return None
 
 
@@ -65,7 +62,7 @@ def read_kernel_info(root: SystemRoot) -> Read[KernelInfo]:
     problems: list[Problem] = []
     info = KernelInfo(
         release=_release(root, problems),
-        tainted=_tainted(root, problems),
-        livepatch_supported=root.sys_livepatch.is_dir(),
+        tainted=_tainted(root.tainted, problems),
+        livepatch_supported=root.sys_livepatch.local.is_dir(),
     )
     return Read(info, tuple(problems))

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 from klpd.errors import FormatError
 from klpd.model import Problem, Severity, SysfsFunction, SysfsObject, SysfsPatch
 from klpd.numbers import kernel_decimal
-from klpd.root import SystemRoot
+from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, unreadable
 
 T = TypeVar("T")
@@ -55,70 +54,64 @@ def parse_function_dir(name: str) -> SysfsFunction | None:
 class _PatchReader:
     """Reads one patch directory, collecting problems; ``vanished`` when a file disappeared under it."""
 
-    def __init__(self, root: SystemRoot, directory: Path) -> None:
-        self.root = root
+    def __init__(self, directory: HostPath) -> None:
         self.directory = directory
         self.problems: list[Problem] = []
         self.vanished = False
 
-    def _host(self, path: Path) -> str:
-        return self.root.host_path(path)
-
-    def text(self, path: Path, required: bool) -> str | None:
+    def text(self, path: HostPath, required: bool) -> str | None:
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as stream:
+            with open(path.local, encoding="utf-8", errors="surrogateescape") as stream:
                 return stream.read()
         except FileNotFoundError:
-            self.vanished = self.vanished or not self.directory.is_dir()
+            self.vanished = self.vanished or not self.directory.local.is_dir()
             if required and not self.vanished:
                 self.problems.append(
                     Problem(
                         "attribute_missing",
                         Severity.ERROR,
-                        f"{self._host(path)}: missing (every kernel with livepatch has it)",
-                        subject=self._host(path),
+                        f"{path.host}: missing (every kernel with livepatch has it)",
+                        subject=path.host,
                     )
                 )
             return None
         except OSError as error:
-            self.problems.append(unreadable(self._host(path), error, Severity.ERROR))
+            self.problems.append(unreadable(path.host, error, Severity.ERROR))
             return None
 
-    def flag(self, path: Path, required: bool = False) -> bool | None:
+    def flag(self, path: HostPath, required: bool = False) -> bool | None:
         text = self.text(path, required)
         return None if text is None else self._parsed(parse_bool_attribute, text, path)
 
-    def number(self, path: Path) -> int | None:
+    def number(self, path: HostPath) -> int | None:
         text = self.text(path, required=False)
         return None if text is None else self._parsed(parse_int_attribute, text, path)
 
-    def _parsed(self, parse: Callable[[str, str], T], text: str, path: Path) -> T | None:
+    def _parsed(self, parse: Callable[[str, str], T], text: str, path: HostPath) -> T | None:
         try:
-            return parse(text, self._host(path))
+            return parse(text, path.host)
         except FormatError as error:
-            self.problems.append(
-                Problem("attribute_malformed", Severity.ERROR, str(error), subject=self._host(path))
-            )
+            self.problems.append(Problem("attribute_malformed", Severity.ERROR, str(error), subject=path.host))
             return None
 
-    def subdirectories(self, directory: Path) -> list[str]:
+    def subdirectories(self, directory: HostPath) -> list[str]:
         try:
-            with os.scandir(directory) as entries:
+            with os.scandir(directory.local) as entries:
                 return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
-            self.vanished = self.vanished or not self.directory.is_dir()
+            self.vanished = self.vanished or not self.directory.local.is_dir()
             return []
         except OSError as error:
-            self.problems.append(unreadable(self._host(directory), error, Severity.ERROR))
+            self.problems.append(unreadable(directory.host, error, Severity.ERROR))
             return []
 
     def obj(self, name: str) -> SysfsObject:
-        directory = self.directory / name
+        directory = self.directory.child(name)
         functions = []
         for entry in self.subdirectories(directory):
             function = parse_function_dir(entry)
             if function is None:
-                host = self._host(directory / entry)
+                host = directory.child(entry).host
                 self.problems.append(
                     Problem(
                         "attribute_malformed",
@@ -131,29 +124,29 @@ class _PatchReader:
             functions.append(function)
         functions.sort(key=lambda f: (f.name, f.sympos))
         # Since 6.1.
-        return SysfsObject(name, self.flag(directory / "patched"), tuple(functions))
+        return SysfsObject(name, self.flag(directory.child("patched")), tuple(functions))
 
     def patch(self) -> SysfsPatch:
         d = self.directory
         return SysfsPatch(
             name=d.name,
-            enabled=self.flag(d / "enabled", required=True),
-            transition=self.flag(d / "transition"),  # since 4.12
-            force_present=(d / "force").exists(),  # since 4.15; mode 0200: never read
-            replace=self.flag(d / "replace"),  # since 6.11
-            stack_order=self.number(d / "stack_order"),  # since 6.14
+            enabled=self.flag(d.child("enabled"), required=True),
+            transition=self.flag(d.child("transition")),  # since 4.12
+            force_present=(d.local / "force").exists(),  # since 4.15; mode 0200: never read
+            replace=self.flag(d.child("replace")),  # since 6.11
+            stack_order=self.number(d.child("stack_order")),  # since 6.14
             objects=tuple(self.obj(name) for name in self.subdirectories(d)),
         )
 
 
 def read_sysfs_patch(root: SystemRoot, name: str) -> Read[SysfsPatch | None]:
     """``/sys/kernel/livepatch/<name>/``; value None when there is no such patch (or it vanished meanwhile)."""
-    directory = root.sys_livepatch / name
-    if not directory.is_dir():
+    directory = root.sys_livepatch.child(name)
+    if not directory.local.is_dir():
         return Read(None)
-    reader = _PatchReader(root, directory)
+    reader = _PatchReader(directory)
     patch = reader.patch()
-    if reader.vanished or not directory.is_dir():
+    if reader.vanished or not directory.local.is_dir():
         return Read(None)
     return Read(patch, tuple(reader.problems))
 
@@ -162,12 +155,12 @@ def read_livepatch(root: SystemRoot) -> Read[tuple[SysfsPatch, ...]]:
     """Every loaded patch, sorted by name. No /sys/kernel/livepatch (no CONFIG_LIVEPATCH): none, no problem."""
     top = root.sys_livepatch
     try:
-        with os.scandir(top) as entries:
+        with os.scandir(top.local) as entries:
             names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return Read(())
     except OSError as error:
-        return Read((), (unreadable(root.host_path(top), error, Severity.ERROR),))
+        return Read((), (unreadable(top.host, error, Severity.ERROR),))
     patches: list[SysfsPatch] = []
     problems: list[Problem] = []
     for name in names:

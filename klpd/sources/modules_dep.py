@@ -15,22 +15,21 @@ from pathlib import Path
 
 from klpd.model import Problem, Severity
 from klpd.names import module_name_from_filename
-from klpd.root import SystemRoot
-from klpd.sources.result import malformed_lines, unreadable
+from klpd.root import HostPath, SystemRoot
+from klpd.sources.result import Read, malformed_lines, unreadable
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 
 @dataclass(frozen=True)
 class ModulesDep:
-    """modules.dep of one release: module name -> its .ko file, as a path under the root it was read from."""
+    """modules.dep of one release: module name -> its .ko file, under the root it was read from."""
 
     path: str  # host path of modules.dep, for messages
-    modules: Mapping[str, Path] = field(default_factory=dict)
+    modules: Mapping[str, HostPath] = field(default_factory=dict)
     dependencies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # module name -> module names
-    problems: tuple[Problem, ...] = ()
 
-    def get(self, name: str) -> Path | None:
+    def get(self, name: str) -> HostPath | None:
         """The .ko of module ``name`` ('-' and '_' spellings alike), or None when depmod does not know it."""
         return self.modules.get(name.replace("-", "_"))
 
@@ -40,7 +39,7 @@ class ModulesDep:
     def names(self) -> frozenset[str]:
         return frozenset(self.modules)
 
-    def paths(self) -> tuple[Path, ...]:
+    def paths(self) -> tuple[HostPath, ...]:
         return tuple(self.modules.values())
 
     def __contains__(self, name: object) -> bool:
@@ -56,13 +55,14 @@ def _host_path(entry: str, base: str) -> str | None:
     return posixpath.normpath(posixpath.join(base, entry))
 
 
-def parse_modules_dep(text: str, path: str, root: SystemRoot | None = None) -> ModulesDep:
-    """Parse modules.dep whose host path is ``path`` (relative entries are relative to its directory).
+def parse_modules_dep(text: str, path: str, root: SystemRoot | None = None) -> Read[ModulesDep]:
+    """Parse modules.dep whose host path is ``path`` (relative entries are relative to its directory); odd lines
+    are skipped and reported in one Problem.
 
-    With ``root``, the .ko paths are mapped under it (``root.path``); without, they are host paths.
+    With ``root``, the .ko files are read under it; without, at their host paths.
     """
     base = posixpath.dirname(path)
-    modules: dict[str, Path] = {}
+    modules: dict[str, HostPath] = {}
     dependencies: dict[str, tuple[str, ...]] = {}
     skipped = 0
     first: tuple[int, str] | None = None
@@ -79,26 +79,25 @@ def parse_modules_dep(text: str, path: str, root: SystemRoot | None = None) -> M
         name = module_name_from_filename(module)
         # depmod writes each module once; should a name repeat, the first entry is kept, as modprobe does.
         if name not in modules:
-            modules[name] = root.path(module) if root is not None else Path(module)
+            modules[name] = root.file(module) if root is not None else HostPath(module, Path(module))
             dependencies[name] = tuple(module_name_from_filename(d) for d in deps if d is not None)
     problems = () if first is None else (malformed_lines(path, skipped, *first),)
-    return ModulesDep(path, modules, dependencies, problems)
+    return Read(ModulesDep(path, modules, dependencies), problems)
 
 
-def read_modules_dep(root: SystemRoot, release: str) -> ModulesDep:
+def read_modules_dep(root: SystemRoot, release: str) -> Read[ModulesDep]:
     """modules.dep of ``release`` under ``root``; missing or unreadable: empty, with a Problem."""
     path = root.modules_dep(release)
-    host = root.host_path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        text = path.local.read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         problem = Problem(
             "source_missing",
             Severity.WARNING,
-            f"{host}: missing: modules of kernel {release} cannot be located (run depmod)",
-            subject=host,
+            f"{path.host}: missing: modules of kernel {release} cannot be located (run depmod)",
+            subject=path.host,
         )
-        return ModulesDep(host, problems=(problem,))
+        return Read(ModulesDep(path.host), (problem,))
     except OSError as error:
-        return ModulesDep(host, problems=(unreadable(host, error),))
-    return parse_modules_dep(text, host, root)
+        return Read(ModulesDep(path.host), (unreadable(path.host, error),))
+    return parse_modules_dep(text, path.host, root)

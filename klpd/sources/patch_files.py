@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from klpd.model import Problem
-from klpd.root import SystemRoot
+from klpd.root import HostPath, SystemRoot
 from klpd.sources.modules_dep import MODULE_SUFFIXES
 from klpd.sources.result import Read, unreadable
 
@@ -23,7 +23,7 @@ def _walk(top: Path, root: SystemRoot, seen_dirs: set[tuple[int, int]], problems
     def report(error: OSError) -> None:
         if not isinstance(error, FileNotFoundError):
             where = Path(error.filename) if error.filename else top
-            problems.append(unreadable(root.host_path(where), error))
+            problems.append(unreadable(root.under(where).host, error))
 
     for directory, subdirectories, files in os.walk(top, onerror=report, followlinks=True):
         try:
@@ -41,8 +41,8 @@ def _walk(top: Path, root: SystemRoot, seen_dirs: set[tuple[int, int]], problems
     return found
 
 
-def find_patch_files(root: SystemRoot, release: str) -> Read[tuple[Path, ...]]:
-    """Module files under the patch directories of ``release``, as paths under ``root``, sorted.
+def find_patch_files(root: SystemRoot, release: str) -> Read[tuple[HostPath, ...]]:
+    """Module files under the patch directories of ``release``, sorted by where they are under ``root``.
 
     A file reached twice (through a symlinked directory or a link to it) is listed once, by its first path in
     configured directory order.
@@ -61,4 +61,4 @@ def find_patch_files(root: SystemRoot, release: str) -> Read[tuple[Path, ...]]:
             if identity not in seen_files and path.is_file():
                 seen_files.add(identity)
                 files.append(path)
-    return Read(tuple(sorted(files)), tuple(problems))
+    return Read(tuple(root.under(path) for path in sorted(files)), tuple(problems))

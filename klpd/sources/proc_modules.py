@@ -67,19 +67,19 @@ def parse_proc_modules(text: str, path: str) -> Read[dict[str, LoadedModule]]:
 
 
 def read_proc_modules(root: SystemRoot) -> Read[dict[str, LoadedModule]]:
-    """/proc/modules under ``root``. Missing: no modules, with a warning; unreadable: SourceError."""
+    """/proc/modules under ``root``. Missing: no modules, with a warning; unreadable: SourceError (which modules
+    are loaded decides every patch's verdict: without it none can be given)."""
     path = root.proc_modules
-    host = root.host_path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        text = path.local.read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         problem = Problem(
             "source_missing",
             Severity.WARNING,
-            f"{host}: missing (a kernel without CONFIG_MODULES, which cannot livepatch): no modules are loaded",
-            subject=host,
+            f"{path.host}: missing (a kernel without CONFIG_MODULES, which cannot livepatch): no modules are loaded",
+            subject=path.host,
         )
         return Read({}, (problem,))
     except OSError as error:
-        raise SourceError(host, os_reason(error)) from error
-    return parse_proc_modules(text, host)
+        raise SourceError(path.host, os_reason(error)) from error
+    return parse_proc_modules(text, path.host)

@@ -2,14 +2,19 @@
 
 One rule for all readers:
 
-- A source that cannot be read at all and without which nothing sensible can be said (``/proc/kallsyms``, the
-  kernel release) raises :class:`klpd.errors.SourceError`; a malformed file given to a pure ``parse_*`` function
-  that cannot yield anything raises :class:`klpd.errors.FormatError`.
+- Every ``read_*`` (and ``find_patch_files``) returns :class:`Read`: the value and the problems met while reading
+  it. So does every ``parse_*`` of a whole file that skips odd lines (``parse_kallsyms``, ``parse_proc_modules``,
+  ``parse_modules_dep``). The value's own types (``Kallsyms``, ``ModulesDep``) carry no problems.
+- A reader raises :class:`klpd.errors.SourceError` only for a source that cannot be read and without which no
+  verdict can be given: ``/proc/kallsyms`` (every symbol), ``/proc/modules`` when it exists (which targets are
+  loaded), the kernel release under a root other than ``/``. A pure ``parse_*`` of a value that yields nothing
+  (one attribute, the release) raises :class:`klpd.errors.FormatError`; its reader turns that into a Problem, or
+  into SourceError where the rule above says so.
 - Everything else — an odd line skipped, an attribute missing or unreadable, an optional file absent — is a
-  :class:`klpd.model.Problem` returned next to the value, and reading carries on.
+  :class:`klpd.model.Problem` next to the value, and reading carries on.
 
-Readers whose result is a type of their own (``Kallsyms``, ``ModulesDep``) carry a ``problems`` field in it; the
-others return :class:`Read`, a value plus the problems met while reading it.
+Readers take their paths from :class:`klpd.root.SystemRoot` as :class:`klpd.root.HostPath` values: they read
+``local`` and name ``host`` in problems.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from klpd.model import Problem
 from klpd.names import KLP_RELA_PREFIX
-from klpd.root import SystemRoot
+from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, unreadable
 
 
@@ -41,37 +41,36 @@ def parse_attribute(text: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _attribute(path: str, host: str, problems: list[Problem]) -> str | None:
+def _attribute(path: HostPath, problems: list[Problem]) -> str | None:
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as stream:
+        with open(path.local, encoding="utf-8", errors="surrogateescape") as stream:
             return parse_attribute(stream.read())
     except FileNotFoundError:
         return None
     except OSError as error:
-        problems.append(unreadable(host, error))
+        problems.append(unreadable(path.host, error))
         return None
 
 
 def read_sys_module(root: SystemRoot, name: str) -> Read[SysModule | None]:
     """``/sys/module/<name>/`` under ``root``; value None when the directory does not exist."""
-    directory = root.sys_module / name
-    host = root.host_path(directory)
-    if not directory.is_dir():
+    directory = root.sys_module.child(name)
+    if not directory.local.is_dir():
         return Read(None)
     problems: list[Problem] = []
     values = {
-        attribute: _attribute(str(directory / attribute), f"{host}/{attribute}", problems)
+        attribute: _attribute(directory.child(attribute), problems)
         for attribute in ("initstate", "srcversion", "taint")
     }
     sections: tuple[str, ...] | None
     try:
-        sections = tuple(sorted(os.listdir(directory / "sections")))
+        sections = tuple(sorted(os.listdir(directory.local / "sections")))
     except FileNotFoundError:
         sections = None
     except OSError as error:
-        problems.append(unreadable(f"{host}/sections", error))
+        problems.append(unreadable(directory.child("sections").host, error))
         sections = None
-    if not directory.is_dir():  # unloaded while we read: what was read may be half gone
+    if not directory.local.is_dir():  # unloaded while we read: what was read may be half gone
         return Read(None)
     module = SysModule(name, values["initstate"], values["srcversion"], values["taint"], sections)
     return Read(module, tuple(problems))
