@@ -32,10 +32,20 @@ log = logging.getLogger("klpd")
 
 
 class ExitCode(IntEnum):
+    """``klpd``'s exit codes (README.md, "Exit codes (klpd)"). With ``--once`` they mean what klpctl's do.
+
+    - 0 OK: stopped by SIGTERM or SIGINT (or --help, --version); with --once, all good.
+    - 1 FAILURE: the daemon could not start or run (say the API socket or the metrics port cannot be bound: the
+      message names the flag that helps); with --once, problems found.
+    - 2 USAGE: bad flags, or a configuration file or --root that is not valid, at start (on SIGHUP a bad
+      configuration is logged and the running one kept).
+    - 3 UNDETERMINED: with --once only, a source klpd needs could not be read.
+    """
+
     OK = 0
-    FAILURE = 1  # could not start (socket, port) or, with --once, problems found
-    USAGE = 2  # bad flags or configuration
-    UNDETERMINED = 3  # --once: a source could not be read
+    FAILURE = 1
+    USAGE = 2
+    UNDETERMINED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
