@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from klpd.model import VMLINUX, SymbolStatus
-from klpd.resolve import lookup_occurrences
+from klpd.predict.lookup import lookup_occurrences
 from klpd.root import SystemRoot
 from klpd.sources.kallsyms import Kallsyms, parse_kallsyms, read_kallsyms
 

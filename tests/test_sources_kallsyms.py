@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klpd.errors import SourceError
-from klpd.model import SymbolStatus
-from klpd.resolve import Occurrences, lookup, lookup_occurrences
+from klpd.model import Occurrences, SymbolStatus
+from klpd.predict.lookup import lookup, lookup_occurrences
 from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_module
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms

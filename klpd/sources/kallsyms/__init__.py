@@ -30,9 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from klpd.errors import SourceError
-from klpd.model import VMLINUX, Problem
+from klpd.model import VMLINUX, Occurrences, Problem
 from klpd.names import KLP_SYM_PREFIX
-from klpd.resolve import Occurrences
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.kallsyms.layout import decode, encode, module_part_start
 from klpd.sources.kallsyms.memo import KallsymsMemo, VmlinuxText

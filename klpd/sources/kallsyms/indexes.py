@@ -11,7 +11,7 @@ from __future__ import annotations
 from itertools import compress
 from operator import is_not
 
-from klpd.resolve import Occurrences
+from klpd.model import Occurrences
 
 
 class NameIndex:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from klpd.resolve import Occurrences
+from klpd.model import Occurrences
 from klpd.sources.kallsyms.indexes import Addresses, CountIndex, Index, NameIndex, PositionIndex
 from klpd.sources.kallsyms.layout import (
     DATA_TYPE,
