@@ -74,13 +74,14 @@ def _configure_inspect(p: argparse.ArgumentParser) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from klpd.collect import read_module_file
+    from klpd.collect import read_patch_file
     from klpd.model import Severity
+    from klpd.root import HostPath
 
     modules: list[PatchModule] = []
     problems: list[Problem] = []
     for name in args.files:
-        module, problem = read_module_file(Path(name), name)
+        module, problem = read_patch_file(HostPath(name, Path(name)))
         if module is not None:
             modules.append(module)
         if problem is not None:

@@ -1,7 +1,7 @@
 """Gathering the inputs of the status computation: the only part of the core that does I/O.
 
-sources (klpd/sources, klpd/elf) → :class:`~klpd.status.SystemState` + :class:`~klpd.status.PatchInput` →
-:func:`klpd.status.compute_status`. The daemon keeps a :class:`ModuleCache` so unchanged files are not re-parsed.
+sources (klpd/sources, klpd/elf) → :class:`~klpd.predict.SystemState` + :class:`~klpd.predict.PatchInput` →
+:func:`klpd.predict.compute_status`. The daemon keeps a :class:`ModuleCache` so unchanged files are not re-parsed.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from klpd.elf import parse_modinfo, parse_patch_module, read_module_symtab, read_patch_module
-from klpd.elf.decompress import read_module_file as read_module_bytes
+from klpd.elf.decompress import read_module_bytes
 from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import VMLINUX, HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity
 from klpd.names import module_name_from_filename, parse_klp_rela_name, parse_klp_sym_name
-from klpd.root import SystemRoot
+from klpd.predict import PatchInput, SystemState, compute_status
+from klpd.root import HostPath, SystemRoot
 from klpd.sources import kallsyms as kallsyms_source
 from klpd.sources import kernel as kernel_source
 from klpd.sources import livepatch_sysfs, modules_dep, patch_files, proc_modules, sys_module
-from klpd.status import PatchInput, SystemState, compute_status
 
 
 def _file_problem(exc: KlpdError | OSError, path: str) -> Problem:
@@ -28,25 +28,24 @@ def _file_problem(exc: KlpdError | OSError, path: str) -> Problem:
     return Problem("unreadable_file", Severity.ERROR, f"{path}: {reason}", subject=path)
 
 
-def read_module_file(path: Path, display: str | None = None) -> tuple[PatchModule | None, Problem | None]:
+def read_patch_file(where: HostPath) -> tuple[PatchModule | None, Problem | None]:
     """Parse a patch module file; a bad file is a Problem naming it, never an exception."""
-    shown = display or str(path)
     try:
-        return read_patch_module(path, shown), None
+        return read_patch_module(where), None
     except (KlpdError, OSError) as exc:
-        return None, _file_problem(exc, shown)
+        return None, _file_problem(exc, where.host)
 
 
-def read_installed_file(path: Path, display: str) -> tuple[PatchModule | None, Problem | None] | None:
+def read_installed_file(where: HostPath) -> tuple[PatchModule | None, Problem | None] | None:
     """A file found in a patch directory: parsed, or a Problem naming it; None for an ordinary module (extra/ and
     updates/ hold DKMS drivers too), recognised by its modinfo alone and not parsed further."""
     try:
-        data = read_module_bytes(path, display)
-        if not parse_modinfo(data, display).livepatch:
+        data = read_module_bytes(where)
+        if not parse_modinfo(data, where.host).livepatch:
             return None
-        return parse_patch_module(data, display), None
+        return parse_patch_module(data, where.host), None
     except (KlpdError, OSError) as exc:
-        return None, _file_problem(exc, display)
+        return None, _file_problem(exc, where.host)
 
 
 class ModuleCache:
@@ -64,34 +63,34 @@ class ModuleCache:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def patch(self, path: Path, display: str) -> tuple[PatchModule | None, Problem | None] | None:
+    def patch(self, where: HostPath) -> tuple[PatchModule | None, Problem | None] | None:
         """:func:`read_installed_file`, cached."""
-        stamp = self._stamp(path)
-        hit = self._patches.get(str(path))
+        stamp = self._stamp(where.local)
+        hit = self._patches.get(str(where.local))
         if stamp is not None and hit is not None and hit[0] == stamp:
             return hit[1]
-        result = read_installed_file(path, display)
+        result = read_installed_file(where)
         if stamp is not None:
-            self._patches[str(path)] = (stamp, result)
+            self._patches[str(where.local)] = (stamp, result)
         return result
 
-    def symtab(self, path: Path, display: str) -> ModuleSymtab | Problem:
-        stamp = self._stamp(path)
-        hit = self._symtabs.get(str(path))
+    def symtab(self, where: HostPath) -> ModuleSymtab | Problem:
+        stamp = self._stamp(where.local)
+        hit = self._symtabs.get(str(where.local))
         if stamp is not None and hit is not None and hit[0] == stamp:
             return hit[1]
         result: ModuleSymtab | Problem
         try:
-            result = replace(read_module_symtab(path), path=display)
+            result = read_module_symtab(where)
         except (KlpdError, OSError) as exc:
-            result = _file_problem(exc, display)
+            result = _file_problem(exc, where.host)
         if stamp is not None:
-            self._symtabs[str(path)] = (stamp, result)
+            self._symtabs[str(where.local)] = (stamp, result)
         return result
 
-    def retain(self, paths: Iterable[Path]) -> None:
+    def retain(self, paths: Iterable[HostPath]) -> None:
         """Forget every entry but these (files that disappeared must not pin memory in a long-running daemon)."""
-        keep = {str(p) for p in paths}
+        keep = {str(p.local) for p in paths}
         for table in (self._patches, self._symtabs):
             for key in [k for k in table if k not in keep]:
                 del table[key]
@@ -139,7 +138,7 @@ class Evaluator:
             kallsyms = kallsyms_source.read_kallsyms(root, self._kallsyms)
         except SourceError as exc:
             raise SourceError(exc.path, f"{exc.reason}: without it no livepatch symbol can be resolved") from exc
-        self._kallsyms = kallsyms.memo()
+        self._kallsyms = kallsyms.value.memo()
         problems += kallsyms.problems
         up["kallsyms"] = _up(kallsyms.problems)
         modules = proc_modules.read_proc_modules(root)
@@ -159,20 +158,20 @@ class Evaluator:
             srcversions[lp.name] = info.value.srcversion if info.value else None
             if info.value is not None and info.value.sections is not None:
                 # What the kernel shows of the patch's livepatch ELF: all a loaded patch without a file offers.
-                symbols = tuple(name for name, _ in kallsyms.klp_symbols(lp.name))
+                symbols = tuple(name for name, _ in kallsyms.value.klp_symbols(lp.name))
                 running[lp.name] = RunningPatch(info.value.klp_rela_sections, symbols)
         state = SystemState(
             kernel=kernel.value,
-            kallsyms=kallsyms,
+            kallsyms=kallsyms.value,
             modules=modules.value,
             livepatches=livepatches.value,
-            known_modules=frozenset(dep.names()),
-            modules_dep_read=not dep.problems or bool(dep.names()),
+            known_modules=frozenset(dep.value.names()),
+            modules_dep_read=not dep.problems or bool(dep.value.names()),
             loaded_srcversions=srcversions,
             running_patches=running,
             problems=tuple(problems),
         )
-        return state, up, dep
+        return state, up, dep.value
 
     def _patch_input(self, system: SystemState, dep: modules_dep.ModulesDep, name: str, *,
                      module: PatchModule | None, problem: Problem | None, path: str | None) -> PatchInput:  # fmt: skip
@@ -192,7 +191,7 @@ class Evaluator:
             for obj in sorted(wanted - {VMLINUX}):
                 ko = dep.get(obj)
                 if ko is not None:
-                    symtabs[obj] = self.cache.symtab(ko, self.root.host_path(ko))
+                    symtabs[obj] = self.cache.symtab(ko)
         return PatchInput(name, module, symtabs, problem, path)
 
     def evaluate(self, files: Sequence[Path] | None = None) -> Evaluation:
@@ -200,11 +199,11 @@ class Evaluator:
         started = time.monotonic()
         system, up, dep = self.system()
         inputs: list[PatchInput] = []
-        seen: list[Path] = []
+        seen: list[HostPath] = []
         host_problems: list[Problem] = []
         if files is not None:
             for f in files:
-                module, problem = read_module_file(f, str(f))
+                module, problem = read_patch_file(HostPath(str(f), f))
                 name = module.name if module else module_name_from_filename(f.name)
                 inputs.append(self._patch_input(system, dep, name, module=module, problem=problem, path=str(f)))
             up["patch_files"] = True
@@ -212,11 +211,10 @@ class Evaluator:
             found = patch_files.find_patch_files(self.root, system.kernel.release)
             host_problems += found.problems
             up["patch_files"] = _up(found.problems)
-            by_name: dict[str, list[tuple[Path, PatchModule | None, Problem | None]]] = {}
+            by_name: dict[str, list[tuple[HostPath, PatchModule | None, Problem | None]]] = {}
             for path in found.value:
                 seen.append(path)
-                display = self.root.host_path(path)
-                read = self.cache.patch(path, display)
+                read = self.cache.patch(path)
                 if read is None:
                     continue  # an ordinary module in extra/ or updates/
                 module, problem = read
@@ -232,9 +230,9 @@ class Evaluator:
                             Problem(
                                 "duplicate_patch_file",
                                 Severity.WARNING,
-                                f"{self.root.host_path(other[0])}: another file for patch '{name}'; klpd reports"
-                                f" {self.root.host_path(chosen[0]) if chosen else '-'}",
-                                subject=self.root.host_path(other[0]),
+                                f"{other[0].host}: another file for patch '{name}'; klpd reports"
+                                f" {chosen[0].host if chosen else '-'}",
+                                subject=other[0].host,
                             )
                         )
                 if chosen is None:
@@ -243,7 +241,7 @@ class Evaluator:
                     path, module, problem = chosen
                     inputs.append(
                         self._patch_input(
-                            system, dep, name, module=module, problem=problem, path=self.root.host_path(path)
+                            system, dep, name, module=module, problem=problem, path=path.host
                         )
                     )
             self.cache.retain([*seen, *dep.paths()])
@@ -274,8 +272,8 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def _choose(candidates: list[tuple[Path, PatchModule | None, Problem | None]], loaded_srcversion: str | None,
-            ) -> tuple[Path, PatchModule | None, Problem | None] | None:  # fmt: skip
+def _choose(candidates: list[tuple[HostPath, PatchModule | None, Problem | None]], loaded_srcversion: str | None,
+            ) -> tuple[HostPath, PatchModule | None, Problem | None] | None:  # fmt: skip
     """The file that stands for a patch: the one the kernel loaded (same srcversion), else the first."""
     for candidate in candidates:
         module = candidate[1]
