@@ -1,4 +1,4 @@
-"""klpd.resolve.lookup against a literal transcription of klp_find_object_symbol() on random symbol tables."""
+"""klpd.predict.lookup.lookup against a literal transcription of klp_find_object_symbol() on random symbol tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klpd.model import SymbolStatus
-from klpd.resolve import lookup
+from klpd.predict.lookup import lookup
 from tests.klp_reference import kernel_find_object_symbol
 
 NAMES = st.sampled_from(["foo", "bar", "foo.isra.0", "baz", "qux"])

@@ -26,7 +26,7 @@ from klpd.daemon.api import SetupError
 from klpd.daemon.loop import Agent
 from klpd.errors import ConfigError, KlpdError
 from klpd.outputs.text import render_status
-from klpd.status import has_problems, undetermined
+from klpd.predict.verdicts import has_problems, undetermined
 
 log = logging.getLogger("klpd")
 

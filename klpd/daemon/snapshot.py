@@ -23,7 +23,7 @@ from klpd.daemon.transitions import Transition
 from klpd.model import HostStatus, Problem, Severity
 from klpd.outputs.json import status_document
 from klpd.outputs.metrics import MetricsSnapshot, patch_state, render
-from klpd.status import patch_has_problems, undetermined
+from klpd.predict.verdicts import patch_has_problems, undetermined
 
 
 @dataclass(frozen=True)

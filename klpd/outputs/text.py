@@ -17,7 +17,7 @@ from klpd.model import (
     SectionState,
     SymbolStatus,
 )
-from klpd.status import patch_has_problems
+from klpd.predict.verdicts import patch_has_problems
 
 
 def _yn(value: bool | None) -> str:

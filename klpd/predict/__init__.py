@@ -18,9 +18,34 @@ The modules, in the order the kernel meets them:
 - :mod:`~klpd.predict.verdicts`: what a status means for exit codes and health.
 """
 
-from klpd.predict.inputs import PatchInput, SymbolIndex, SystemState
-from klpd.predict.patch import compute_status
-from klpd.predict.verdicts import has_problems, patch_has_problems, undetermined
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from klpd.predict.inputs import PatchInput, SymbolIndex, SystemState
+    from klpd.predict.patch import compute_status
+    from klpd.predict.verdicts import has_problems, patch_has_problems, undetermined
+
+# Loaded on first use: a klpctl that only renders the daemon's answer needs verdicts, not the prediction.
+_HOMES = {
+    "PatchInput": "inputs",
+    "SymbolIndex": "inputs",
+    "SystemState": "inputs",
+    "compute_status": "patch",
+    "has_problems": "verdicts",
+    "patch_has_problems": "verdicts",
+    "undetermined": "verdicts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "PatchInput",

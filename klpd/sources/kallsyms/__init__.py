@@ -150,7 +150,7 @@ class Kallsyms:
 
     def find(self, obj: str, name: str) -> Occurrences:
         """How often ``name`` occurs in object ``obj`` ("vmlinux" or a bracketed name), and where at address 0:
-        what klp_find_object_symbol() learns (klpd.resolve.lookup_occurrences() decides from it)."""
+        what klp_find_object_symbol() learns (klpd.predict.lookup.lookup_occurrences() decides from it)."""
         if obj == VMLINUX:
             # The hot path of every evaluation (thousands of calls): kept to a few dict look-ups.
             answers = self._vmlinux.answers
