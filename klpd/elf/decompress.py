@@ -7,10 +7,8 @@ not by the file name. Output is capped: a hostile file cannot make klpd allocate
 
 from __future__ import annotations
 
-import lzma
+import sys
 import zlib
-
-import zstandard
 
 from klpd.errors import ElfFormatError, SourceError
 from klpd.root import HostPath
@@ -29,6 +27,8 @@ def _too_big(path: str, kind: str, limit: int) -> ElfFormatError:
 
 
 def _xz(data: bytes, path: str, limit: int) -> bytes:
+    import lzma  # noqa: PLC0415  (a compressed module's reader pays for its decoder, an uncompressed one none)
+
     parts: list[bytes] = []
     total = 0
     rest = data
@@ -70,6 +70,8 @@ def _gzip(data: bytes, path: str, limit: int) -> bytes:
 
 
 def _zstd(data: bytes, path: str, limit: int) -> bytes:
+    from zstandard import ZstdDecompressor  # noqa: PLC0415  (as in _xz)
+
     parts: list[bytes] = []
     total = 0
     view = memoryview(data)
@@ -78,7 +80,7 @@ def _zstd(data: bytes, path: str, limit: int) -> bytes:
     # zstd block yields at most 128 KiB from at least 3 bytes of input, so one slice overshoots the limit by at
     # most ~_ZSTD_SLICE * 43 KiB. A file may hold several frames back to back (zstd(1) concatenation).
     while pos < len(data):
-        dec = zstandard.ZstdDecompressor().decompressobj()
+        dec = ZstdDecompressor().decompressobj()
         while not dec.eof and pos < len(data):
             chunk = dec.decompress(view[pos : pos + _ZSTD_SLICE])
             pos = min(pos + _ZSTD_SLICE, len(data))
@@ -90,6 +92,16 @@ def _zstd(data: bytes, path: str, limit: int) -> bytes:
             raise ElfFormatError(path, "truncated zstd stream")
         pos -= len(dec.unused_data)
     return b"".join(parts)
+
+
+def _decoder_errors() -> tuple[type[Exception], ...]:
+    """The errors of the decoders imported so far (an import here would cost what the lazy imports saved)."""
+    errors: list[type[Exception]] = []
+    if (lzma := sys.modules.get("lzma")) is not None:
+        errors.append(lzma.LZMAError)
+    if (zstandard := sys.modules.get("zstandard")) is not None:
+        errors.append(zstandard.ZstdError)
+    return tuple(errors)
 
 
 def decompress(data: bytes, path: str, limit: int = MAX_MODULE_SIZE) -> bytes:
@@ -104,7 +116,9 @@ def decompress(data: bytes, path: str, limit: int = MAX_MODULE_SIZE) -> bytes:
             return _gzip(data, path, limit)
         if data.startswith(ZSTD_MAGIC):
             return _zstd(data, path, limit)
-    except (lzma.LZMAError, zlib.error, zstandard.ZstdError, EOFError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (zlib.error, EOFError, *_decoder_errors())):
+            raise
         raise ElfFormatError(path, f"corrupt compressed module: {exc}") from None
     if len(data) > limit:
         raise ElfFormatError(path, f"file is larger than {limit} bytes; refusing it")
