@@ -21,6 +21,7 @@ from klpd.root import HostPath, SystemRoot
 from klpd.sources import kallsyms as kallsyms_source
 from klpd.sources import kernel as kernel_source
 from klpd.sources import livepatch_sysfs, modules_dep, patch_files, proc_modules, sys_module
+from klpd.sources.prefetch import Prefetch
 
 
 def _file_problem(exc: KlpdError | OSError, path: str) -> Problem:
@@ -121,9 +122,13 @@ class Evaluator:
     reused, so an evaluation after a module event costs little more than reading /proc/kallsyms.
     """
 
-    def __init__(self, root: SystemRoot) -> None:
+    def __init__(self, root: SystemRoot, prefetch: Prefetch | None = None, *, one_shot: bool = False) -> None:
         self.root = root
         self.cache = ModuleCache()
+        # A one-shot run (klpctl) evaluates once and asks about a few names: its /proc/kallsyms is formatted by the
+        # kernel while the run imports klpd (sources.prefetch) and searched rather than indexed whole.
+        self._prefetch = prefetch
+        self._one_shot = one_shot
         # Not the last Kallsyms (the whole file and an index of it: megabytes), only what the next read needs.
         self._kallsyms: kallsyms_source.KallsymsMemo | None = None
 
@@ -135,10 +140,14 @@ class Evaluator:
         problems += kernel.problems
         release = kernel.value.release
         try:
-            kallsyms = kallsyms_source.read_kallsyms(root, self._kallsyms)
+            prefetched, self._prefetch = (self._prefetch.take() if self._prefetch else None), None
+            kallsyms = kallsyms_source.read_kallsyms(
+                root, self._kallsyms, prefetched=prefetched, one_shot=self._one_shot
+            )
         except SourceError as exc:
             raise SourceError(exc.path, f"{exc.reason}: without it no livepatch symbol can be resolved") from exc
-        self._kallsyms = kallsyms.value.memo()
+        if not self._one_shot:  # what the next evaluation needs; a one-shot run has none
+            self._kallsyms = kallsyms.value.memo()
         problems += kallsyms.problems
         up["kallsyms"] = _up(kallsyms.problems)
         modules = proc_modules.read_proc_modules(root)
@@ -282,11 +291,11 @@ def _choose(candidates: list[tuple[HostPath, PatchModule | None, Problem | None]
     return candidates[0] if candidates else None
 
 
-def evaluate_host(root: SystemRoot) -> HostStatus:
+def evaluate_host(root: SystemRoot, prefetch: Prefetch | None = None) -> HostStatus:
     """One-shot status of every loaded and installed patch (``klpctl status --direct``)."""
-    return Evaluator(root).evaluate().status
+    return Evaluator(root, prefetch, one_shot=True).evaluate().status
 
 
-def evaluate_files(root: SystemRoot, files: Sequence[Path]) -> HostStatus:
+def evaluate_files(root: SystemRoot, files: Sequence[Path], prefetch: Prefetch | None = None) -> HostStatus:
     """``klpctl check``: these files against the host under ``root``."""
-    return Evaluator(root).evaluate(files).status
+    return Evaluator(root, prefetch, one_shot=True).evaluate(files).status

@@ -1,0 +1,88 @@
+"""Let the kernel format a large procfs file while this process does something else (a ``klpctl`` run's imports).
+
+procfs formats /proc/kallsyms in the reading task: tens of milliseconds of kernel time for 100k+ lines, as much as
+``cat`` takes. A one-shot ``klpctl check`` or ``status --direct`` spends about as long importing its own code. A
+``cat`` child started first writes the file into an anonymous memory file (memfd) on the other CPU meanwhile; the
+reader later takes the bytes in one read. A reader thread would not do: each read() needs the GIL back while the
+imports hold it. Only a clean exit of ``cat`` vouches for the bytes; any doubt (no memfd or cat, SIGCHLD ignored,
+not a regular file, a failed spawn or read) answers None and the caller reads the file itself, with the same result.
+
+This module is imported before the rest of klpd, so it imports nothing heavy (no subprocess, no shutil).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+
+from klpd.root import HostPath
+
+# Where cat is looked for: fixed directories, not $PATH (klpctl runs as root).
+_CATS = ("/usr/bin/cat", "/bin/cat")
+
+
+class Prefetch:
+    """A ``cat`` child writing one file into a memfd. :meth:`take` the bytes once; :meth:`close` if never taken."""
+
+    def __init__(self, path: HostPath, pid: int, memfd: int) -> None:
+        self.path = path
+        self._pid = pid
+        self._memfd = memfd
+
+    def take(self) -> bytes | None:
+        """The file's bytes as ``cat`` read them, or None when ``cat`` did not exit cleanly."""
+        if self._memfd < 0:
+            return None
+        try:
+            _, status = os.waitpid(self._pid, 0)
+            if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+                return None
+            size = os.fstat(self._memfd).st_size
+            return os.pread(self._memfd, size, 0) if size else b""
+        except OSError:
+            return None
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Stop the child (if it still runs) and free the memfd."""
+        if self._memfd >= 0:
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+                os.waitpid(self._pid, 0)
+            self._release()
+
+    def _release(self) -> None:
+        os.close(self._memfd)
+        self._memfd = -1
+
+
+def start(path: HostPath) -> Prefetch | None:
+    """Start ``cat path`` into a memfd; None when that cannot be done safely here."""
+    cat = next((c for c in _CATS if os.access(c, os.X_OK)), None)
+    if cat is None or not hasattr(os, "memfd_create") or signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        return None
+    try:
+        # A FIFO or a device would have cat block or run without end; procfs files are regular files.
+        if not stat.S_ISREG(os.stat(path.local).st_mode):
+            return None
+        memfd = os.memfd_create("klpd-prefetch", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        pid = os.posix_spawn(
+            cat,
+            [cat, "--", str(path.local)],
+            {},
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, memfd, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+        )
+    except OSError:
+        os.close(memfd)
+        return None
+    return Prefetch(path, pid, memfd)
