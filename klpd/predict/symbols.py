@@ -100,7 +100,6 @@ def symbol_status(
             kernel_message=msg.VMLINUX_FROM_MODULE_SECTION.format(name=name),
         )
     kallsyms = system.kallsyms
-    core = core_bit(kallsyms.kallsyms_all)
     load_order_dependent = False
     if system.is_loaded(obj):
         found = kallsyms.find(obj, name)
@@ -110,7 +109,7 @@ def symbol_status(
         if obj != VMLINUX and obj == sec_obj and isinstance(symtab, ModuleSymtab):
             # Had the module loaded after the patch, klp_module_coming() would have searched its full symtab.
             full = symtab_pick(symtab, name, sympos, None)
-            now = symtab_pick(symtab, name, sympos, core)
+            now = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
             # The answer now is the core symtab's (what kallsyms shows): compare the status and the entry chosen.
             load_order_dependent = full.status is not status or full.entry != now.entry
     elif obj == sec_obj:
@@ -120,7 +119,7 @@ def symbol_status(
             # No readable .ko: what klp_module_coming() will see cannot be known.
             return SymbolResult(obj, name, sympos, None, sym.name)
         full = symtab_pick(symtab, name, sympos, None)
-        later = symtab_pick(symtab, name, sympos, core)
+        later = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
         occurrences, status = full.count, full.status
         # Different answers, or the same answer naming different entries (e.g. an .init.text copy, freed after the
         # module's init, when the patch loads first; the .text one when the module was there first).

@@ -27,7 +27,7 @@ findings over (:mod:`.memo`), and a cold read lets a ``cat`` child format the fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from klpd.errors import SourceError
 from klpd.model import VMLINUX, Occurrences, Problem
@@ -36,7 +36,7 @@ from klpd.root import HostPath, SystemRoot
 from klpd.sources.kallsyms.layout import decode, encode, module_part_start
 from klpd.sources.kallsyms.memo import KallsymsMemo, VmlinuxText
 from klpd.sources.kallsyms.modules import ObjectRuns, parse_module_part
-from klpd.sources.kallsyms.pipe import read_through_cat
+from klpd.sources.kallsyms.scan import ScanIndex, scan_vmlinux
 from klpd.sources.kallsyms.vmlinux import Vmlinux, parse_vmlinux
 from klpd.sources.result import Read, malformed_lines, os_reason
 
@@ -46,14 +46,24 @@ _KLP_SYM_PREFIX = KLP_SYM_PREFIX.encode()
 _ANSWERS_MAX = 1 << 16
 
 
-def read_kallsyms(root: SystemRoot, previous: Kallsyms | KallsymsMemo | None = None) -> Read[Kallsyms]:
+def read_kallsyms(
+    root: SystemRoot,
+    previous: Kallsyms | KallsymsMemo | None = None,
+    *,
+    prefetched: bytes | None = None,
+    one_shot: bool = False,
+) -> Read[Kallsyms]:
     """Read and parse /proc/kallsyms under ``root``; SourceError when it cannot be read.
 
-    Without ``previous``, the file is read through ``cat`` so that its formatting by the kernel and the parse
-    overlap (:mod:`.pipe`); with it, most of the parse is skipped and a direct read is quicker.
+    ``prefetched`` is the file as read already (:mod:`klpd.sources.prefetch`). Else, without ``previous``, the
+    file is read through ``cat`` so that its formatting by the kernel and the parse overlap (:mod:`.pipe`); with
+    it, most of the parse is skipped and a direct read is quicker. ``one_shot``: the caller asks about a few
+    names once (``klpctl check``), so the vmlinux part is searched rather than parsed whole (:mod:`.scan`).
     """
     path = root.kallsyms
-    if previous is None:
+    if prefetched is not None:
+        return parse_kallsyms(prefetched, path.host, previous, one_shot=one_shot)
+    if previous is None and not one_shot:
         kallsyms = _read_through_cat(path)
         if kallsyms is not None:
             return kallsyms
@@ -63,11 +73,13 @@ def read_kallsyms(root: SystemRoot, previous: Kallsyms | KallsymsMemo | None = N
             data = stream.readall()
     except OSError as error:
         raise SourceError(path.host, os_reason(error)) from error
-    return parse_kallsyms(data, path.host, previous)
+    return parse_kallsyms(data, path.host, previous, one_shot=one_shot)
 
 
 def _read_through_cat(path: HostPath) -> Read[Kallsyms] | None:
     """A cold read through :func:`.pipe.read_through_cat`; None when ``cat`` could not be used."""
+    from klpd.sources.kallsyms.pipe import read_through_cat  # noqa: PLC0415  (subprocess: only cold reads need it)
+
     piped = read_through_cat(path)
     if piped is None:
         return None
@@ -78,13 +90,16 @@ def _read_through_cat(path: HostPath) -> Read[Kallsyms] | None:
     return _assemble(piped.data, path.host, vmlinux, text, reused=False)
 
 
-def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | KallsymsMemo | None = None) -> Read[Kallsyms]:
+def parse_kallsyms(
+    data: bytes, path: str, previous: Kallsyms | KallsymsMemo | None = None, *, one_shot: bool = False
+) -> Read[Kallsyms]:
     """Parse the bytes of /proc/kallsyms (``path`` names it in problems). Never raises on odd content: odd lines
     are skipped, counted and reported in one Problem.
 
     With ``previous`` (an earlier read of the same kernel, or its memo()), an unchanged vmlinux part is taken over
     and only the module part is parsed; the vmlinux part is indexed again only if a name the earlier reads were
-    not asked about is asked.
+    not asked about is asked. ``one_shot``: few names will be asked, so a well-spaced vmlinux part is searched for
+    them instead of parsed whole (:mod:`.scan`; the same answers).
     """
     if data and not data.endswith(b"\n"):
         data += b"\n"  # only hand-made files lack it; the layout proof relies on it
@@ -95,7 +110,8 @@ def parse_kallsyms(data: bytes, path: str, previous: Kallsyms | KallsymsMemo | N
         text = memo.take_over(data, end, previous._text.index_ if isinstance(previous, Kallsyms) else None)
         if text is not None:
             return _assemble(data, path, memo.vmlinux, text, reused=True)
-    vmlinux, index = parse_vmlinux(data, end)
+    scanned = scan_vmlinux(data, end, lambda: parse_vmlinux(data, end)[1]) if one_shot else None
+    vmlinux, index = scanned or parse_vmlinux(data, end)
     return _assemble(data, path, vmlinux, VmlinuxText(data, end, index), reused=False)
 
 
@@ -113,7 +129,6 @@ def _assemble(data: bytes, path: str, vmlinux: Vmlinux, text: VmlinuxText, *, re
     kallsyms = Kallsyms(
         path=path,
         addresses_visible=vmlinux.addresses_visible or modules.addresses_visible,
-        kallsyms_all=vmlinux.kallsyms_all,
         malformed_lines=malformed,
         vmlinux_reused=reused,
         _vmlinux=vmlinux,
@@ -133,12 +148,17 @@ class Kallsyms:
 
     path: str
     addresses_visible: bool
-    kallsyms_all: bool  # vmlinux lists data symbols: CONFIG_KALLSYMS_ALL=y
     malformed_lines: int
     vmlinux_reused: bool  # the vmlinux part was identical to ``previous``'s and was taken over from it
     _vmlinux: Vmlinux = field(repr=False)
     _text: VmlinuxText = field(repr=False)
     _runs: ObjectRuns = field(repr=False)
+
+    @property
+    def kallsyms_all(self) -> bool:
+        """vmlinux lists data symbols: CONFIG_KALLSYMS_ALL=y (what decides which module symbols stay in kallsyms)."""
+        index = self._text.index_
+        return index.kallsyms_all() if isinstance(index, ScanIndex) else self._vmlinux.kallsyms_all
 
     @property
     def vmlinux_symbols(self) -> int:
@@ -172,7 +192,10 @@ class Kallsyms:
 
     def memo(self) -> KallsymsMemo:
         """What a later read needs from this one (pass it as ``previous``); keep it rather than this object."""
-        return KallsymsMemo(self._vmlinux, self._text.digest())
+        vmlinux = self._vmlinux
+        if isinstance(self._text.index_, ScanIndex):  # found lazily: settle it for the reads the memo serves
+            vmlinux = replace(vmlinux, kallsyms_all=self.kallsyms_all)
+        return KallsymsMemo(vmlinux, self._text.digest())
 
     def modules(self) -> frozenset[str]:
         """Every bracketed object: loaded modules and pseudo-objects such as bpf or __builtin__ftrace.

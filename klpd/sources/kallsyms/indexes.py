@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from itertools import compress
 from operator import is_not
+from typing import Protocol
 
 from klpd.model import Occurrences
 
@@ -156,4 +157,10 @@ class PositionIndex:
         return self._addresses.get(self._index.get(name))
 
 
-Index = CountIndex | PositionIndex
+class Index(Protocol):
+    """What every index of the vmlinux part answers (:class:`CountIndex`, :class:`PositionIndex`, and the
+    search-based ``scan.ScanIndex`` of a one-shot read)."""
+
+    def find(self, name: bytes) -> Occurrences: ...
+
+    def addresses(self, name: bytes) -> tuple[int, ...]: ...

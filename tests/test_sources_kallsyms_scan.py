@@ -1,0 +1,70 @@
+"""A one-shot read searches the vmlinux part instead of parsing it whole: it must give the full parse's answers."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from klpd.sources.kallsyms import parse_kallsyms
+
+NAMES = ["foo", "bar", "foo.isra.0", "b", "__start_x", "d", "t"]
+ODD = [
+    "zzzz t foo",  # spaced right, address not hex
+    "ffff tt foo",  # a two-letter type
+    "ffff t foo extra",  # a fourth field
+    "ffff  foo",  # an empty type
+    "ffff\tt foo",  # a tab
+    "not a kallsyms line",
+    "",  # an empty line
+]
+
+
+def _line(address: int, kind: str, name: str, width: int) -> str:
+    return f"{address:0{width}x} {kind} {name}\n"
+
+
+@st.composite
+def kallsyms_texts(draw: st.DrawFn) -> str:
+    width = draw(st.sampled_from([8, 16]))
+    hidden = draw(st.booleans())
+    rows = draw(st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from("tTdDbBrRA"),
+                                   st.sampled_from([0, 0x1000, 0xC1000000])), min_size=1, max_size=60))  # fmt: skip
+    lines = [_line(0 if hidden else a, kind, name, width) for name, kind, a in rows]
+    for _ in range(draw(st.integers(0, 2))):
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(ODD)) + "\n")
+    if draw(st.booleans()):
+        lines.append(f"{0:0{width}x} t foo\t[mod]\n")
+    return "".join(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=kallsyms_texts(), asked=st.lists(st.sampled_from([*NAMES, "absent"]), min_size=1, max_size=30))
+def test_a_one_shot_read_answers_as_the_full_parse(text: str, asked: list[str]) -> None:
+    data = text.encode()
+    full = parse_kallsyms(data, "/proc/kallsyms").value
+    scan = parse_kallsyms(data, "/proc/kallsyms", one_shot=True).value
+    assert (scan.addresses_visible, scan.kallsyms_all) == (full.addresses_visible, full.kallsyms_all)
+    for name in asked:  # more than 16 names: the search gives way to the index, with the same answers
+        a, b = scan.find("vmlinux", name), full.find("vmlinux", name)
+        assert a.matches == b.matches, name
+        if full.addresses_visible:
+            assert a.zero_addresses == b.zero_addresses, name
+        assert scan.occurrences("vmlinux", name) == full.occurrences("vmlinux", name), name
+
+
+def test_a_badly_spaced_part_is_parsed_whole_and_its_odd_lines_reported() -> None:
+    data = b"ffffffff81000000 T _text\nnot a kallsyms line\nffffffff81000010 t foo\n"
+    read = parse_kallsyms(data, "/proc/kallsyms", one_shot=True)
+    assert read.value.malformed_lines == 1
+    assert [p.code for p in read.problems] == ["malformed_lines"]
+    assert read.value.find("vmlinux", "foo").matches == 1
+
+
+def test_a_one_shot_read_of_the_live_host_answers_as_the_full_parse() -> None:
+    with open("/proc/kallsyms", "rb") as stream:
+        data = stream.read()
+    full = parse_kallsyms(data, "/proc/kallsyms").value
+    scan = parse_kallsyms(data, "/proc/kallsyms", one_shot=True).value
+    assert (scan.addresses_visible, scan.kallsyms_all) == (full.addresses_visible, full.kallsyms_all)
+    for name in ("schedule", "_text", "__start___ex_table", "no_such_symbol_here"):
+        assert scan.find("vmlinux", name) == full.find("vmlinux", name)
