@@ -235,7 +235,14 @@ def main_entry() -> None:
     code = main()
     # The interpreter's teardown frees every object one by one: /proc/kallsyms alone is megabytes of them, several
     # milliseconds of a run for nothing. klpctl holds nothing that needs finalizing once its output is flushed.
-    with contextlib.suppress(OSError):  # a reader that went away (| head): the answer was given
+    try:
         sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # a reader that went away (| head) had what it wanted
+    except OSError as exc:  # a full disk, EIO: the answer did not reach its reader, and a script must know
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"klpctl: cannot write the output: {exc.strerror or exc}\n")
+        code = ExitCode.UNDETERMINED
+    with contextlib.suppress(OSError):
         sys.stderr.flush()
     os._exit(code)

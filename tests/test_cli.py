@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +142,25 @@ def test_status_direct_when_a_patch_dir_cannot_be_searched(tmp_path, monkeypatch
     code = main(["status", "--direct", "--json", "--root", str(fx.path)])
     assert code in (0, 1)
     assert json.loads(capsys.readouterr().out)["schema"] == "klpd.status/1"
+
+
+def _klpctl_entry(args: list[str], **popen: object) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as in a pipe
+    code = "from klpd.cli import main_entry; main_entry()"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, check=False, **popen)  # type: ignore[call-overload]
+
+
+def test_output_that_cannot_be_written_is_an_error_not_silence(tmp_path):
+    def no_file_growth() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # every write to a file fails (EFBIG)
+
+    with (tmp_path / "out").open("wb") as out:
+        done = _klpctl_entry(["--version"], stdout=out, stderr=subprocess.PIPE, preexec_fn=no_file_growth)
+    assert done.returncode == 3
+    assert b"klpctl: cannot write the output" in done.stderr
+
+
+def test_a_reader_that_went_away_is_no_error():
+    with subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as head:
+        done = _klpctl_entry(["--help"], stdout=head.stdin, stderr=subprocess.PIPE)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr
