@@ -13,6 +13,7 @@ from klpd.model import Occurrences, SymbolStatus
 from klpd.predict.lookup import lookup, lookup_occurrences
 from klpd.root import SystemRoot
 from klpd.sources import kallsyms as kallsyms_module
+from klpd.sources import prefetch
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms
 from klpd.sources.kallsyms import pipe as kallsyms_pipe
 from klpd.sources.kallsyms import vmlinux as kallsyms_vmlinux
@@ -533,7 +534,7 @@ def test_cat_failing_falls_back_to_the_direct_read(tmp_path, monkeypatch, caplog
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
     # a cat that writes a plausible but wrong file and then fails: its output must not be used
     script = "printf 'ffffffff81000000 T bogus\\n'\nexit 3\n"
-    monkeypatch.setattr(kallsyms_pipe, "_CAT_PATH", fake_cat(tmp_path, script))
+    monkeypatch.setattr(prefetch, "_CATS", (fake_cat(tmp_path, script) + "/cat",))
     with caplog.at_level("DEBUG", logger="klpd.sources.kallsyms"):
         read = read_kallsyms(fx.root)
     assert read.value.occurrences("vmlinux", "bogus") == ()
@@ -545,14 +546,14 @@ def test_cat_killed_by_a_signal_falls_back(tmp_path, monkeypatch):
     fx = FixtureRoot(tmp_path)
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
     script = "printf 'ffffffff81000000 T bogus'\nkill -9 $$\n"
-    monkeypatch.setattr(kallsyms_pipe, "_CAT_PATH", fake_cat(tmp_path, script))
+    monkeypatch.setattr(prefetch, "_CATS", (fake_cat(tmp_path, script) + "/cat",))
     assert everything(read_kallsyms(fx.root), NAMES) == everything(parsed(text()), NAMES)
 
 
 def test_no_cat_falls_back_to_the_direct_read(tmp_path, monkeypatch, caplog):
     fx = FixtureRoot(tmp_path)
     fx.kallsyms(vmlinux=VMLINUX, objects=MODULES)
-    monkeypatch.setattr(kallsyms_pipe, "_CAT_PATH", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(prefetch, "_CATS", (str(tmp_path / "nowhere" / "cat"),))
     with caplog.at_level("DEBUG", logger="klpd.sources.kallsyms"):
         read = read_kallsyms(fx.root)
     assert everything(read, NAMES) == everything(parsed(text()), NAMES)

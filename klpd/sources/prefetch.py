@@ -19,8 +19,16 @@ import stat
 
 from klpd.root import HostPath
 
-# Where cat is looked for: fixed directories, not $PATH (klpctl runs as root).
+# Where cat is looked for: fixed directories, not $PATH (klpd and klpctl run as root).
 _CATS = ("/usr/bin/cat", "/bin/cat")
+
+
+def cat_program() -> str | None:
+    """The cat a read of procfs may run here, or None: none in /usr/bin or /bin, or SIGCHLD ignored (the exit
+    status that vouches for cat's bytes would be lost). Shared with the daemon's cold read (kallsyms.pipe)."""
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        return None
+    return next((c for c in _CATS if os.access(c, os.X_OK)), None)
 
 
 class Prefetch:
@@ -61,8 +69,8 @@ class Prefetch:
 
 def start(path: HostPath) -> Prefetch | None:
     """Start ``cat path`` into a memfd; None when that cannot be done safely here."""
-    cat = next((c for c in _CATS if os.access(c, os.X_OK)), None)
-    if cat is None or not hasattr(os, "memfd_create") or signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+    cat = cat_program()
+    if cat is None or not hasattr(os, "memfd_create"):
         return None
     try:
         # A FIFO or a device would have cat block or run without end; procfs files are regular files.

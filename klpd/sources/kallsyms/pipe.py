@@ -13,8 +13,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
-import signal
 import subprocess
 from contextlib import suppress
 from dataclasses import dataclass
@@ -22,11 +20,10 @@ from dataclasses import dataclass
 from klpd.root import HostPath
 from klpd.sources.kallsyms.indexes import CountIndex
 from klpd.sources.kallsyms.vmlinux import FastVmlinux, Vmlinux
+from klpd.sources.prefetch import cat_program
 
 log = logging.getLogger(__name__)
 
-# Where the cold read looks for cat: fixed directories, not $PATH (the daemon runs as root).
-_CAT_PATH = "/usr/bin:/bin"
 # Pipe capacity asked for, and the most read at once: the default is 64 KiB; 1 MiB is what fs.pipe-max-size
 # allows unprivileged processes by default.
 _PIPE_SIZE = 1 << 20
@@ -71,12 +68,9 @@ class _VmlinuxFeed:
 
 
 def _spawn_cat(path: HostPath) -> subprocess.Popen[bytes] | None:
-    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
-        log.debug("SIGCHLD is ignored, so cat's exit status would be lost: reading %s directly", path)
-        return None
-    cat = shutil.which("cat", path=_CAT_PATH)
+    cat = cat_program()
     if cat is None:
-        log.debug("no cat in %s: reading %s directly", _CAT_PATH, path)
+        log.debug("no cat to run in /usr/bin or /bin, or SIGCHLD ignored: reading %s directly", path)
         return None
     try:
         return subprocess.Popen(
