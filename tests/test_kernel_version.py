@@ -98,3 +98,20 @@ def test_the_not_livepatch_symbol_message_names_its_position_since_6_19() -> Non
     assert fields is not None and fields["symbol"] == "plain"
     # idx is the relocation's index in its section: the second one here.
     assert long_form.endswith(" idx 1 is not marked as a livepatch symbol")
+
+
+def test_each_section_names_its_own_relocation_in_the_6_19_message() -> None:
+    release = "7.2.13+deb14-amd64"
+    patch = patch_using("lp", f"{release} SMP ", ("vmlinux", "unique_fn", 0))
+    patch.symbol("plain", shndx=SHN_UNDEF)
+    sym = patch.klp_sym("vmlinux", "unique_fn", 0)
+    patch.klp_rela("vmlinux", ".text.g", [(0, "plain", 2)])
+    patch.klp_rela("vmlinux", ".text.h", [(0, sym, 2), (8, sym, 2), (16, "plain", 2)])
+    _, p = evaluate(patch, system(release=release))
+    by_section = {s.name: s.reasons for s in p.objects[0].sections}
+    assert [r.split(" idx ")[1] for r in by_section[".klp.rela.vmlinux.text.g"]] == [
+        "0 is not marked as a livepatch symbol"
+    ]
+    assert [r.split(" idx ")[1] for r in by_section[".klp.rela.vmlinux.text.h"]] == [
+        "2 is not marked as a livepatch symbol"
+    ]

@@ -61,14 +61,17 @@ class PatchEvaluation:
         self.symbols = symbols
         self.symtabs = symtabs
         self.symtab_index = symtab_index
-        self._cache: dict[tuple[int, str | None, bool], SymbolResult] = {}
+        self._cache: dict[tuple[int, str | None, bool, str | None], SymbolResult] = {}
 
     def symbol(self, index: int, section: KlpSection | None, flagged_use: bool) -> SymbolResult:
         section_object = section.object if section is not None else None
-        key = (index, section_object, flagged_use)
+        sym = self.symbols.get(index) or ElfSymbol(index, f"<symbol #{index}>", 0, 0, None)
+        # A symbol's result depends on its section only through the section's object, but for a symbol that is not
+        # SHN_LIVEPATCH: the 6.19+ message names the relocation where the kernel stops, in that very section.
+        where = section.name if section is not None and sym.shndx != SHN_LIVEPATCH else None
+        key = (index, section_object, flagged_use, where)
         result = self._cache.get(key)
         if result is None:
-            sym = self.symbols.get(index) or ElfSymbol(index, f"<symbol #{index}>", 0, 0, None)
             elf = section.elf if section is not None else None
 
             def position(symbol_index: int) -> tuple[int, int]:
