@@ -14,6 +14,7 @@ import socket
 from typing import Any
 
 from klpd.errors import DaemonUnavailable
+from klpd.numbers import kernel_decimal
 from klpd.protocol import STATUS_PATH
 
 
@@ -37,16 +38,17 @@ def _parse_reply(raw: bytes) -> tuple[int, str, bytes]:
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not sep or not version.startswith("HTTP/1.") or not (len(code) == 3 and code.isdigit()):
+    status = kernel_decimal(code) if len(code) == 3 else None
+    if not sep or not version.startswith("HTTP/1.") or status is None:
         raise DaemonUnavailable(f"not an HTTP reply: {status_line[:80]!r}")
     for line in header_lines:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
-            length = int(value)
+        length = kernel_decimal(value.strip())
+        if name.strip().lower() == "content-length" and length is not None:
             if len(body) < length:
                 raise DaemonUnavailable(f"reply cut short: {len(body)} of {length} bytes")
             body = body[:length]
-    return int(code), reason.strip(), body
+    return status, reason.strip(), body
 
 
 def fetch_status(socket_path: str, timeout: float = 5.0) -> dict[str, Any]:

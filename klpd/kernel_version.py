@@ -1,11 +1,15 @@
 """The one place that knows how kernel versions differ: a release parser and the rules of each version.
 
-Everything in klpd that depends on the running kernel's version asks the :class:`KernelSemantics` built once per
-evaluation from ``/proc/sys/kernel/osrelease`` (carried in the system state), never a version check of its own.
-Each entry of :data:`_TABLE` names the first release a rule holds for and cites the kernel commit or release it
+A rule of klpd that depends on the running kernel's version asks the :class:`KernelSemantics` built once per
+evaluation from ``/proc/sys/kernel/osrelease`` (carried in the system state) instead of testing the version
+itself. Each entry of the table names the first release a rule holds for and cites the kernel commit or release it
 comes from (``../shared/reference/kernel-checks.md`` §4). A release newer than the newest entry is judged with the
 newest rules, and one older than the oldest with the oldest; both say so as a problem, as does a release klpd cannot
 read a version from.
+
+Consulted so far: the symbol-name width (``ksym_name_max``) and the "not marked as a livepatch symbol" variant.
+The other fields record what the checked trees showed, for the verdicts that need them (the module loader's checks,
+a patched module's reload, the sysfs attributes each kernel creates); they are not consulted yet.
 """
 
 from __future__ import annotations
@@ -153,8 +157,8 @@ def semantics_for(release: str) -> KernelSemantics:
                 "kernel_version_unsupported",
                 Severity.WARNING,
                 f"kernel {release} is older than {_shown(TABLE[0].since)}, the oldest version klpd knows the rules"
-                f" of (.klp.rela.vmlinux.* sections were applied at patch registration then): judged with "
-                f"{_shown(TABLE[0].since)}'s rules",
+                f" of (upstream kernels before 5.8 applied .klp.rela.vmlinux.* sections when the patch was"
+                f" registered; backports such as RHEL 8's differ): judged with {_shown(TABLE[0].since)}'s rules",
                 subject=release,
             ),
         )

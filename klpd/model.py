@@ -1,7 +1,7 @@
 """The model every part of klpd shares: frozen dataclasses and string enums, no I/O.
 
-Sources (``klpd/elf``, ``klpd/sources``) produce the input half; ``klpd/resolve.py`` and ``klpd/status.py`` turn it
-into the output half (:class:`HostStatus`), which the outputs (JSON, text, metrics) render. Fields that an older
+Sources (``klpd/elf``, ``klpd/sources``) produce the input half; the prediction (``klpd/predict``) turns it into
+the output half (:class:`HostStatus`), which the outputs (JSON, text, metrics) render. Fields that an older
 kernel cannot provide are optional (``None`` = the kernel does not expose it).
 """
 

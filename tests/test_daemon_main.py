@@ -206,7 +206,8 @@ def test_real_metrics_output_passes_promtool(daemon):
 def test_api_socket_in_a_directory_it_cannot_search_is_a_setup_error(tmp_path, monkeypatch):
     """lstat() of the old socket fails with EACCES (a non-root daemon, simulated): the clear SetupError that
     names the socket and the way out, not a PermissionError traceback (at start, or on SIGHUP)."""
-    from klpd.daemon.api import ApiServer, SetupError
+    from klpd.daemon.api import ApiServer
+    from klpd.errors import SetupError
 
     path = tmp_path / "run" / "klpd.sock"
     real_lstat = Path.lstat

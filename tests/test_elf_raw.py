@@ -92,3 +92,24 @@ def test_the_built_in_names_are_pyelftools_names() -> None:
     assert {number: machines[number] for number in COMMON_MACHINES} == COMMON_MACHINES
     types = {v: k for k, v in reversed(enums.ENUM_RELOC_TYPE_x64.items()) if isinstance(v, int)}
     assert {number: types[number] for number in COMMON_X86_64} == COMMON_X86_64
+
+
+def test_a_relocation_outside_its_section_is_a_format_error() -> None:
+    m = KlpModule()
+    m.function("new_func")
+    m.section(".data", type=SHT_PROGBITS, flags=SHF_ALLOC | SHF_WRITE, data=b"\0" * 16, addralign=8)
+    m.rela(".data", [(12, "new_func", R_X86_64_64)])  # 8 bytes at 12 reach past the 16-byte section
+    elf = ElfFile(create_elf_file(m.sections, m.symbols), "patch.ko")
+    data_index = next(s.num for s in elf.sections if s.name == ".data")
+    with pytest.raises(ElfFormatError, match="outside it"):
+        elf.pointer_targets(data_index)
+
+
+def test_a_rel_addend_is_signed_like_a_rela_one() -> None:
+    m = KlpModule()
+    m.function("new_func")
+    m.section(".data", type=SHT_PROGBITS, flags=SHF_ALLOC | SHF_WRITE, data=struct.pack("<q", -8), addralign=8)
+    m.rela(".data", [(0, "new_func", R_X86_64_64)], type=SHT_REL)
+    elf = ElfFile(create_elf_file(m.sections, m.symbols), "patch.ko")
+    data_index = next(s.num for s in elf.sections if s.name == ".data")
+    assert elf.pointer_targets(data_index)[0].addend == -8

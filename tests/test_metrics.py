@@ -19,7 +19,6 @@ from metrics_fixture import basic_snapshot, basic_stats, basic_status
 from prometheus_client import CollectorRegistry, generate_latest
 
 from klpd.daemon.stats import DaemonStats
-from klpd.outputs import metrics
 from klpd.outputs.exposition import Exposition, metrics_wsgi_app, write_textfile
 from klpd.outputs.metrics import (
     METRIC_NAMES,
@@ -178,19 +177,6 @@ def test_before_first_evaluation_only_build_info():
     reg = registry_for(None)
     samples = [s for family in reg.collect() for s in family.samples]
     assert [(s.name, s.value) for s in samples] == [("klpd_build_info", 1)]
-
-
-# --- nothing is computed on a scrape (the daemon's side: tests/test_daemon_loop.py) -----------------------------
-
-
-def test_a_scrape_serves_the_published_bytes_without_rendering(monkeypatch):
-    current = {"text": render(basic_snapshot(), version="test")}
-    monkeypatch.setattr(metrics, "build_families", lambda *a: pytest.fail("metrics rendered on a scrape"))
-    exposition = Exposition(lambda: current["text"], process=False)
-    first = exposition.scrape()
-    assert first is current["text"]  # the same bytes: nothing rendered on this scrape
-    current["text"] = b"klpd_evaluations_total 6.0\n"  # the next snapshot's
-    assert exposition.scrape() is current["text"]
 
 
 def wsgi_get(app, path, method="GET"):

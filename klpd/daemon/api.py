@@ -31,8 +31,7 @@ from klpd.errors import SetupError
 from klpd.outputs.exposition import Exposition, metrics_wsgi_app
 from klpd.protocol import HEALTH_PATH, STATUS_PATH
 
-# SetupError lives in klpd.errors; it stays importable from here, where the daemon's entry point catches it.
-__all__ = ["ApiServer", "Documents", "MetricsServer", "SetupError"]
+__all__ = ["ApiServer", "Documents", "MetricsServer"]
 
 log = logging.getLogger(__name__)
 

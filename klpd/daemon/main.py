@@ -22,9 +22,8 @@ from typing import ClassVar
 from klpd import __version__
 from klpd.collect import Evaluator
 from klpd.config import DEFAULT_CONFIG_PATH, Config, load_config
-from klpd.daemon.api import SetupError
 from klpd.daemon.loop import Agent
-from klpd.errors import ConfigError, KlpdError
+from klpd.errors import ConfigError, KlpdError, SetupError
 from klpd.outputs.text import render_status
 from klpd.predict.verdicts import has_problems, undetermined
 

@@ -274,9 +274,11 @@ class ElfFile:
     def pointer_targets(self, shndx: int) -> dict[int, Target]:
         """What the relocated words of section ``shndx`` will point at: by offset in that section, the symbol and
         addend of every entry of the REL/RELA sections whose sh_info names it (apply_relocations(): an unflagged
-        relocation section applies to its sh_info). A REL entry's addend is the field's own content."""
+        relocation section applies to its sh_info). A REL entry's addend is the field's own (signed) content.
+        An entry outside the section is an ElfFormatError: the loader would write past it."""
         out: dict[int, Target] = {}
         word = "Q" if self.elf_class == 64 else "I"
+        size = struct.calcsize(word)
         shift, mask = (32, 0xFFFFFFFF) if self.elf_class == 64 else (8, 0xFF)
         for rel in self.sections[1:]:
             if rel.type not in (SHT_REL, SHT_RELA) or rel.info != shndx or rel.flags & _SHF_RELA_LIVEPATCH:
@@ -286,11 +288,8 @@ class ElfFile:
             data = data[: len(data) - len(data) % struct.calcsize(fmt)]
             for entry in struct.iter_unpack(fmt, data):
                 offset, info = entry[0], entry[1]
-                if rel.type == SHT_RELA:
-                    addend = entry[2]
-                else:
-                    raw = self.bytes_at(shndx, offset, struct.calcsize(word))
-                    addend = struct.unpack(self.endian + word, raw)[0]
+                field = self.bytes_at(shndx, offset, size)  # checks the entry lies inside the section
+                addend = entry[2] if rel.type == SHT_RELA else struct.unpack(self.endian + word.lower(), field)[0]
                 out[offset] = Target(info >> shift, addend, info & mask)
         return out
 

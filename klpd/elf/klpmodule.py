@@ -52,7 +52,6 @@ def _parse_klp_sym_name(name: str) -> KlpSymbolName | None:
     return parse_klp_sym_name(name)
 
 
-
 def _symbol(raw_syms: list[tuple[int, int, int, int]], strtab: bytes, index: int) -> ElfSymbol:
     name_off, _info, shndx, value = raw_syms[index]
     name = cstring(strtab, name_off)
