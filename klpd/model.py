@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from klpd.model_loader import LoadCheck, ModuleSignature, SymbolVersion
+
 # ELF constants of the livepatch module format (Documentation/livepatch/module-elf-format.rst).
 SHF_RELA_LIVEPATCH = 0x00100000
 SHN_LIVEPATCH = 0xFF20
@@ -191,6 +193,11 @@ class PatchModule:
     sections: tuple[RelaSection, ...]  # livepatch relocation sections, in section header order
     symbols: Mapping[int, ElfSymbol]  # by symtab index: every SHN_LIVEPATCH symbol and every one a klp section uses
     problems: tuple[Problem, ...]  # what the kernel (or the patched code) will trip over, host-independent
+    # What the module loader checks (klpd.model_loader): None / () where the file has none.
+    signature: ModuleSignature | None = None  # the appended signature
+    versions: tuple[SymbolVersion, ...] = ()  # __versions: the CRC of each symbol the patch imports
+    imports: tuple[str, ...] = ()  # SHN_UNDEF, non-weak symbols the loader must resolve (simplify_symbols())
+    this_module_size: int | None = None  # sh_size of .gnu.linkonce.this_module (sizeof(struct module) it was built for)
 
 
 @dataclass(frozen=True)
@@ -363,6 +370,8 @@ class PatchStatus:
     reasons: tuple[str, ...]  # why will_load is False
     objects: tuple[ObjectStatus, ...]
     problems: tuple[Problem, ...]
+    load_checks: tuple[LoadCheck, ...] = ()  # the module loader's checks of insmod of the file, in its order
+    signature: ModuleSignature | None = None  # the file's appended signature (None: unsigned, or no file)
 
 
 @dataclass(frozen=True, slots=True)

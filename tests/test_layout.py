@@ -25,6 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "klpd.numbers",
             "klpd.root",
             "klpd.model",
+            "klpd.model_loader",
             "klpd.names",
             "klpd.protocol",
             "klpd.kernel_version",

@@ -21,6 +21,7 @@ from klpd.model import (
     RunningPatch,
     SysfsPatch,
 )
+from klpd.model_loader import KernelBuild, ModuleSigning
 
 
 class SymbolIndex(Protocol):
@@ -51,6 +52,8 @@ class SystemState:
     running_patches: Mapping[str, RunningPatch] = field(default_factory=dict)  # loaded patches, as the kernel shows
     problems: tuple[Problem, ...] = ()  # sources that could not be read (or only partly)
     kernel_semantics: KernelSemantics | None = None  # default: the rules of kernel.release
+    kernel_build: KernelBuild | None = None  # vermagic, struct module size, symbol CRCs of the running kernel
+    module_signing: ModuleSigning | None = None  # sig_enforce, lockdown, trusted keys, modules_disabled
 
     @functools.cached_property
     def semantics(self) -> KernelSemantics:
