@@ -27,9 +27,11 @@ setup() {
     # Build deps of systemd-python (libsystemd headers), venv support.
     apt_install python3-venv python3-dev gcc pkg-config libsystemd-dev
     if [ "$extra" = test ]; then
-        # promtool (metrics and alert rules), systemd-analyze (unit checks), and what the QEMU suite needs (udevd and
-        # journald run in a guest as on a fleet host; curl and jq ask the daemon there).
-        apt_install prometheus systemd udev qemu-system-x86 busybox-static cpio kmod xz-utils zstd make bc curl jq
+        # promtool (metrics and alert rules), systemd-analyze (unit checks), openssl (module signatures made as
+        # sign-file makes them), and what the QEMU suite needs (udevd and journald run in a guest as on a fleet host;
+        # curl and jq ask the daemon there).
+        apt_install prometheus systemd udev openssl qemu-system-x86 busybox-static cpio kmod xz-utils zstd make bc \
+            curl jq
     fi
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"

@@ -10,7 +10,9 @@ import gzip
 import lzma
 import os
 import random
+import struct
 import time
+from pathlib import Path
 
 import zstandard
 from elfwriter import (
@@ -34,11 +36,35 @@ from elfwriter import (
 
 from klpd.elf import decompress, parse_modinfo, parse_module_symtab, parse_patch_module
 from klpd.elf._raw import ElfFile
+from klpd.elf.signature import MAGIC, parse_module_signature
 from klpd.errors import ElfFormatError
 
 CASES = int(os.environ.get("KLPD_FUZZ_CASES", "10000"))
 INTERESTING = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0xFF20, 0xFFF1, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
                0x7FFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF]  # fmt: skip
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def signed(module: bytes, pkcs7_file: str) -> bytes:
+    """``module`` with a real PKCS#7 from tests/data appended as sign-file appends it."""
+    pkcs7 = (DATA / pkcs7_file).read_bytes()
+    return module + pkcs7 + struct.pack(">BBBBB3sI", 0, 0, 2, 0, 0, bytes(3), len(pkcs7)) + MAGIC
+
+
+def loader_sections(m: KlpModule, elf_class: int, endian: str) -> None:
+    """What load_module() reads besides the livepatch parts: __versions (and the 6.14+ extended tables),
+    .gnu.linkonce.this_module, undefined symbols (strong, weak, repeated)."""
+    names = ["module_layout", "_printk", "x" * 60]
+    fmt = endian + ("Q56s" if elf_class == 64 else "I60s")
+    entries = b"".join(struct.pack(fmt, i, n.encode()) for i, n in enumerate(names))  # the last one unterminated
+    m.section("__versions", flags=SHF_ALLOC, data=entries)
+    m.section("__version_ext_crcs", flags=SHF_ALLOC, data=struct.pack(f"{endian}3I", 1, 2, 3))
+    m.section("__version_ext_names", flags=SHF_ALLOC, data="\0".join(names).encode() + b"\0")
+    m.section(".gnu.linkonce.this_module", flags=SHF_ALLOC | SHF_WRITE, data=bytes(64))
+    for name, bind in (("_printk", 1), ("maybe", 2), ("_printk", 1)):
+        m.symbol(name, bind=bind)
 
 
 def base_modules() -> list[bytes]:
@@ -56,6 +82,11 @@ def base_modules() -> list[bytes]:
         m.build(elf_class=32, little_endian=False, machine=EM_PPC),
         m.build(elf_class=64, little_endian=False, machine=EM_S390, extended_numbering=True),
     ]
+    loader_sections(m, 64, "<")
+    bases.append(signed(m.build(), "pkcs7-sha512-issuer-serial.der"))
+    m.sections = [s for s in m.sections if not s.name.startswith(("__version", ".gnu.linkonce"))]
+    loader_sections(m, 32, ">")
+    bases.append(signed(m.build(elf_class=32, little_endian=False, machine=EM_PPC), "pkcs7-sha256-keyid.der"))
     target = create_elf_file(
         [
             Section(".text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\x90" * 64),
@@ -83,6 +114,12 @@ class Mutator:
         self.endian = elf.endian
         self.shdrs = [elf.shoff + i * elf.shentsize for i in range(elf.shnum)]
         self.regions = [(s.offset, s.size) for s in elf.sections if s.type != SHT_NOBITS and s.size]
+        elf_len = parse_module_signature(data)[1]
+        # The appended signature: the PKCS#7 and struct module_signature (mutated like a section's bytes, and field
+        # by field below).
+        self.trailer = elf_len if elf_len < len(data) else None
+        if self.trailer is not None:
+            self.regions.append((elf_len, len(data) - len(MAGIC) - elf_len))
 
     def value(self) -> int:
         rng = self.rng
@@ -102,7 +139,7 @@ class Mutator:
 
     def one(self, buf: bytearray) -> tuple[bytearray, str]:
         rng = self.rng
-        kind = rng.randrange(8)
+        kind = rng.randrange(9)
         word = 8 if self.is64 else 4
         if kind == 0:  # ELF header field
             offset, size = rng.choice(
@@ -132,6 +169,9 @@ class Mutator:
             if rng.random() < 0.5:
                 return buf[:at] + bytearray(rng.randbytes(rng.randrange(1, 33))) + buf[at:], f"insert @ {at:#x}"
             return buf[:at] + buf[at + rng.randrange(1, 33) :], f"delete @ {at:#x}"
+        if kind == 8 and self.trailer is not None:  # a struct module_signature field: algo, id_type, pad, sig_len
+            offset, size = rng.choice([(0, 1), (2, 1), (5, 1), (8, 4)])
+            return buf, self.put(buf, len(buf) - len(MAGIC) - 12 + offset, size)
         # string table damage: remove NULs so names run to the end of their table
         if self.regions:
             start, size = rng.choice(self.regions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import struct
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -33,11 +34,16 @@ from elfwriter import (
 )
 
 from klpd.elf import parse_modinfo, parse_patch_module, read_modinfo, read_patch_module, reloc_type_name
+from klpd.elf.signature import MAGIC as MODULE_SIG_MAGIC
 from klpd.errors import ElfFormatError, SourceError
 from klpd.model import KlpSymbolName, Relocation, Severity
+from klpd.model_loader import ModuleSignature, SymbolVersion
+from klpd.outputs.json import decode, inspect_document
+from klpd.outputs.text import render_inspect
 from klpd.root import HostPath
 
 KLP_FLAGS = SHF_ALLOC | SHF_RELA_LIVEPATCH
+DATA = Path(__file__).parent / "data"
 
 
 def codes(pm):
@@ -492,3 +498,98 @@ def test_relocations_are_the_same_in_either_byte_order_and_either_construction(m
             pm = parse_patch_module(m.build(little_endian=little, elf_class=elf_class), "p.ko")
             got = [[(r.offset, r.type, r.symbol_index, r.addend) for r in sec.relocations] for sec in pm.sections]
             assert got == [[(r.offset, r.type, r.symbol_index, r.addend) for r in sec] for sec in expected]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the module loader reads before livepatch: __versions, imports, .gnu.linkonce.this_module (klpd.elf.load_info)
+
+
+def modversion_entries(entries, elf_class=64, little=True):
+    """struct modversion_info entries: an unsigned long CRC, then the name NUL-padded to 64 bytes."""
+    fmt = ("<" if little else ">") + ("Q56s" if elf_class == 64 else "I60s")
+    return b"".join(struct.pack(fmt, crc, name.encode()) for name, crc in entries)
+
+
+VERSIONS = [("module_layout", 0x70ECA2CA), ("_printk", 0xE8213E80), ("x" * 55, 0x1)]
+
+
+@pytest.mark.parametrize(("elf_class", "little"), [(64, True), (64, False), (32, True), (32, False)])
+def test_versions_in_either_word_size_and_byte_order(elf_class, little):
+    m = cmdline_patch()
+    # A partial entry at the end is ignored, as the loader counts sh_size / sizeof(struct modversion_info).
+    m.section("__versions", flags=SHF_ALLOC, data=modversion_entries(VERSIONS, elf_class, little) + b"\1" * 10)
+    pm = parse_patch_module(m.build(elf_class=elf_class, little_endian=little), "lp.ko")
+    assert [(v.name, v.crc) for v in pm.versions] == VERSIONS
+    assert pm.has_versions
+
+
+def test_versions_section_the_loader_does_not_see_is_not_read():
+    m = cmdline_patch()
+    m.section("__versions", flags=0, data=modversion_entries(VERSIONS))  # find_sec() wants SHF_ALLOC
+    assert parse_patch_module(m.build(), "lp.ko").versions == ()
+    assert parse_patch_module(cmdline_patch().build(), "lp.ko").versions == ()
+
+
+def test_extended_versions_are_what_the_loader_relies_on():
+    long_name = "a_symbol_name_far_longer_than_the_fifty_five_characters_of_a_modversion_info"
+    m = cmdline_patch()
+    m.section("__versions", flags=SHF_ALLOC, data=modversion_entries(VERSIONS[:2]))
+    m.section("__version_ext_crcs", flags=SHF_ALLOC, data=struct.pack(">3I", 0x70ECA2CA, 0xE8213E80, 0xDEADBEEF))
+    m.section("__version_ext_names", flags=SHF_ALLOC, data=f"module_layout\0_printk\0{long_name}\0".encode())
+    pm = parse_patch_module(m.build(little_endian=False, machine=EM_S390), "lp.ko")
+    assert [(v.name, v.crc) for v in pm.versions] == [*VERSIONS[:2], (long_name, 0xDEADBEEF)]
+    m.sections.pop()  # CRCs without names: the loader refuses the file; klpd falls back on __versions
+    assert [v.name for v in parse_patch_module(m.build(), "lp.ko").versions] == ["module_layout", "_printk"]
+
+
+def test_imports_are_the_undefined_strong_symbols_once_each():
+    m = cmdline_patch()
+    m.symbol("local_undefined", bind=0)
+    for name in ("_printk", "kmalloc_caches", "_printk"):
+        m.symbol(name)
+    m.symbol("maybe_there", bind=2)  # STB_WEAK: left at 0 when unresolved
+    m.symbol("", name_offset=0)  # unnamed
+    m.symbol("_GLOBAL_OFFSET_TABLE_")  # ignore_undef_symbol() on x86
+    m.symbol("defined_here", shndx=".text.cmdline_proc_show")
+    m.symbol("absolute", shndx=SHN_ABS)
+    pm = parse_patch_module(m.build(), "lp.ko")
+    # The .klp.sym.* symbols (SHN_LIVEPATCH) are livepatch's to resolve, not the loader's.
+    assert pm.imports == ("local_undefined", "_printk", "kmalloc_caches")
+    aarch64 = parse_patch_module(m.build(machine=EM_AARCH64), "lp.ko")
+    assert aarch64.imports[-1] == "_GLOBAL_OFFSET_TABLE_"
+
+
+def test_this_module_size_is_the_section_size_as_given():
+    m = cmdline_patch()
+    assert parse_patch_module(m.build(), "lp.ko").this_module_size is None
+    m.section(".gnu.linkonce.this_module", flags=SHF_ALLOC | 1, data=bytes(1344), addralign=64)
+    assert parse_patch_module(m.build(), "lp.ko").this_module_size == 1344
+    assert parse_patch_module(m.build(elf_class=32), "lp.ko").this_module_size == 1344
+
+
+def test_loader_inputs_in_inspect_json_and_text():
+    m = cmdline_patch()
+    m.section("__versions", flags=SHF_ALLOC, data=modversion_entries(VERSIONS))
+    m.symbol("_printk")
+    blob = (DATA / "pkcs7-sha256-keyid.der").read_bytes()
+    signed = m.build() + blob + struct.pack(">BBBBB3sI", 0, 0, 2, 0, 0, bytes(3), len(blob)) + MODULE_SIG_MAGIC
+    pm = parse_patch_module(signed, "lp.ko")
+    (doc,) = inspect_document([pm], [])["files"]
+    assert doc["signature"] == {"id_type": 2, "signer": None, "key_id": "e85964fb886cb628080b4ed3089f9aec263c6903",
+                                "hash_algorithm": "sha256", "problem": None}  # fmt: skip
+    assert doc["versions"][0] == {"name": "module_layout", "crc": 0x70ECA2CA} and doc["imports"] == ["_printk"]
+    assert decode(ModuleSignature, doc["signature"]) == pm.signature
+    assert decode(tuple[SymbolVersion, ...], doc["versions"]) == pm.versions
+    text = render_inspect([pm], [])
+    assert "  signature: signer -, key id e85964fb886cb628080b4ed3089f9aec263c6903, sha256\n" in text
+    assert "  loader: 3 symbol versions, 1 imports, this_module none\n" in text
+    assert "  signature: unsigned\n" in render_inspect([parse_patch_module(m.build(), "lp.ko")], [])
+
+
+def test_inspect_text_says_what_is_wrong_with_a_signature():
+    module = cmdline_patch().build()
+    broken = module + struct.pack(">BBBBB3sI", 0, 7, 2, 0, 0, bytes(3), 16) + MODULE_SIG_MAGIC
+    text = render_inspect([parse_patch_module(broken, "lp.ko")], [])
+    assert "  signature: MALFORMED: the signature trailer has non-zero hash=7" in text
+    other = module + bytes(16) + struct.pack(">BBBBB3sI", 0, 0, 1, 0, 0, bytes(3), 16) + MODULE_SIG_MAGIC
+    assert "  signature: not PKCS#7 (id_type 1)" in render_inspect([parse_patch_module(other, "lp.ko")], [])

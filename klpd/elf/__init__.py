@@ -2,6 +2,8 @@
 
 - :mod:`klpd.elf.klpmodule`: a patch module's livepatch sections and symbols; :mod:`klpd.elf.modinfo`,
   :mod:`klpd.elf.relocations` and :mod:`klpd.elf.klp_checks` (what the file alone shows to be wrong) serve it;
+- :mod:`klpd.elf.signature` (over :mod:`klpd.elf.der`) and :mod:`klpd.elf.load_info`: what the module loader checks
+  before livepatch sees the patch: the appended signature, ``__versions``, the imports, ``.gnu.linkonce.this_module``;
 - :mod:`klpd.elf._raw`: the bounds-checked ELF reader under all of them;
 - :mod:`klpd.elf.symtab`: a target module's symbol table as klp_find_object_symbol() walks it;
 - :mod:`klpd.elf.decompress`: ``.ko.xz`` / ``.ko.gz`` / ``.ko.zst``;

@@ -22,8 +22,10 @@ from klpd import kernel_messages as msg
 from klpd.elf._raw import SHT_REL, ElfFile, cstring, parse_guarded
 from klpd.elf.decompress import read_module_bytes
 from klpd.elf.klp_checks import Problems, check_section, check_section_name_width, check_symbol
+from klpd.elf.load_info import imports, modversions, this_module_size
 from klpd.elf.modinfo import modinfo_from
 from klpd.elf.relocations import TypeNames, applied_by_loader, relocations, symbol_indexes
+from klpd.elf.signature import parse_module_signature
 from klpd.model import (
     KSYM_NAME_MAX,
     MODULE_NAME_MAX,
@@ -59,7 +61,10 @@ def _symbol(raw_syms: list[tuple[int, int, int, int]], strtab: bytes, index: int
 
 
 def _parse_patch_module(data: bytes, path: str) -> PatchModule:
-    elf = ElfFile(data, path)
+    # The loader checks the ELF without the signature (mod_verify_sig() shortens the image first), so a section
+    # reaching into the trailer is as truncated to klpd as to the kernel.
+    signature, elf_len = parse_module_signature(data)
+    elf = ElfFile(data[:elf_len] if elf_len < len(data) else data, path)
     modinfo = modinfo_from(elf)
     symtab = elf.symtab_section()
     if symtab is None:
@@ -148,6 +153,10 @@ def _parse_patch_module(data: bytes, path: str) -> PatchModule:
         sections=tuple(sections),
         symbols=symbols,
         problems=problems.result(),
+        signature=signature,
+        versions=modversions(elf),
+        imports=imports(elf, raw_syms, strtab),
+        this_module_size=this_module_size(elf),
     )
 
 
