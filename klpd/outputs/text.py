@@ -132,6 +132,9 @@ def render_inspect(modules: Iterable[PatchModule], problems: Iterable[Problem], 
         lines += [f"{m.path}: module {m.name}, ELF{m.elf_class} {endian}-endian {m.machine}"]
         lines.append("  modinfo:")
         lines += [f"    {k}={v}" for k, v in m.modinfo.entries]
+        lines.append(f"  signature: {_signature_text(m)}")
+        size = "none" if m.this_module_size is None else f"{m.this_module_size} bytes"
+        lines.append(f"  loader: {len(m.versions)} symbol versions, {len(m.imports)} imports, this_module {size}")
         lines.append(f"  livepatch relocation sections ({len(m.sections)}):")
         for sec in m.sections:
             flags = "klp" if sec.is_livepatch else "NOT FLAGGED"
@@ -160,6 +163,17 @@ def render_inspect(modules: Iterable[PatchModule], problems: Iterable[Problem], 
     for x in problems:
         lines.append(_problem_line(x))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _signature_text(m: PatchModule) -> str:
+    sig = m.signature
+    if sig is None:
+        return "unsigned"
+    if sig.problem is not None:
+        return f"MALFORMED: {sig.problem}"
+    if sig.id_type != 2:
+        return f"not PKCS#7 (id_type {sig.id_type}): the kernel cannot verify it"
+    return f"signer {sig.signer or '-'}, key id {sig.key_id or '-'}, {sig.hash_algorithm or '-'}"
 
 
 def _when(value: object) -> str:
