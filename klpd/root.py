@@ -106,6 +106,31 @@ class SystemRoot:
     def sys_livepatch(self) -> HostPath:
         return self.file("/sys/kernel/livepatch")
 
+    # Module signature policy (klpd.sources.module_signing)
+    @property
+    def sig_enforce(self) -> HostPath:
+        return self.file("/sys/module/module/parameters/sig_enforce")
+
+    @property
+    def lockdown(self) -> HostPath:
+        return self.file("/sys/kernel/security/lockdown")
+
+    @property
+    def keys(self) -> HostPath:
+        return self.file("/proc/keys")
+
+    @property
+    def modules_disabled(self) -> HostPath:
+        return self.file("/proc/sys/kernel/modules_disabled")
+
+    def module_symvers(self, release: str) -> HostPath:
+        """Module.symvers of the release's build tree (Debian's linux-headers-<release>, ``make modules_install``)."""
+        return self.modules_dir(release).child("build").child("Module.symvers")
+
+    def boot_symvers(self, release: str) -> HostPath:
+        """The gzipped Module.symvers RHEL, Fedora and SUSE kernel packages install in /boot."""
+        return self.file(f"/boot/symvers-{release}.gz")
+
     def modules_dir(self, release: str) -> HostPath:
         return self.file(f"/lib/modules/{release}")
 

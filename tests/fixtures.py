@@ -25,11 +25,16 @@ out (an older kernel). ``fx.write(host_path, content)`` writes anything else.
 
 from __future__ import annotations
 
+import gzip
+import lzma
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
+
 from klpd.root import SystemRoot
+from tests.elfwriter import SHF_ALLOC, SHF_WRITE, SHT_PROGBITS, Section, create_elf_file, modinfo_data
 
 # Default kernel release of fixture roots.
 RELEASE = "6.1.0-test"
@@ -48,6 +53,71 @@ def kallsyms_line(address: int, type_: str, name: str, obj: str | None = None, w
     """One /proc/kallsyms line as s_show() prints it (``%px`` is ``width`` hex digits)."""
     line = f"{address:0{width}x} {type_} {name}"
     return f"{line}\t[{obj}]\n" if obj is not None else line + "\n"
+
+
+@dataclass
+class SymversEntry:
+    """One exported symbol as modpost's write_dump() records it."""
+
+    symbol: str
+    crc: int
+    module: str = "vmlinux"
+    gpl: bool = False
+    namespace: str = ""
+
+
+def symvers_text(entries: Iterable[SymversEntry], layout: str = "5.10") -> str:
+    """Module.symvers in the layout of ``layout``: "5.10" (namespace last, 5.10+), "5.4" (namespace third,
+    5.4-5.9) or "5.3" (no namespace column, up to 5.3)."""
+    lines = []
+    for e in entries:
+        export = "EXPORT_SYMBOL_GPL" if e.gpl else "EXPORT_SYMBOL"
+        fields = {
+            "5.10": (f"0x{e.crc:08x}", e.symbol, e.module, export, e.namespace),
+            "5.4": (f"0x{e.crc:08x}", e.symbol, e.namespace, e.module, export),
+            "5.3": (f"0x{e.crc:08x}", e.symbol, e.module, export),
+        }[layout]
+        lines.append("\t".join(fields) + "\n")
+    return "".join(lines)
+
+
+def proc_key_line(serial: int, type_: str, describe: str, *, perm: int = 0x1F030000, uid: int = 0, gid: int = 0,
+                  flags: str = "I------", usage: int = 1, expiry: str = "perm") -> str:  # fmt: skip
+    """One /proc/keys line as proc_keys_show() prints it: ``%08x %s %5d %4s %08x %5d %5d %-9.9s `` + describe()."""
+    return f"{serial:08x} {flags} {usage:5d} {expiry:>4} {perm:08x} {uid:5d} {gid:5d} {type_:<9.9} {describe}\n"
+
+
+def keyring_describe(name: str, links: int | None) -> str:
+    """keyring_describe(): ``<name>: <links>``, ``<name>: empty``; None: not instantiated, the bare name."""
+    if links is None:
+        return name
+    return f"{name}: {links}" if links else f"{name}: empty"
+
+
+def asymmetric_describe(description: str, key_id: str = "27dfcc5c", subtype: str = "X509.rsa") -> str:
+    """asymmetric_key_describe() of an X.509 key: ``<description>: X509.rsa <last 8 hex of the id> []``."""
+    return f"{description}: {subtype} {key_id} []"
+
+
+COMPRESSORS = {
+    "": lambda data: data,
+    ".xz": lambda data: lzma.compress(data, format=lzma.FORMAT_XZ),
+    ".gz": gzip.compress,
+    ".zst": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+def in_tree_module_bytes(vermagic: str | None, this_module_size: int | None, name: str = "intree") -> bytes:
+    """An ordinary module: .modinfo (vermagic= unless None) and a .gnu.linkonce.this_module of the given size."""
+    modinfo = [("license", "GPL"), ("name", name), ("intree", "Y")]
+    if vermagic is not None:
+        modinfo.append(("vermagic", vermagic))
+    sections = [Section(".modinfo", SHT_PROGBITS, SHF_ALLOC, modinfo_data(modinfo))]
+    if this_module_size is not None:
+        sections.append(
+            Section(".gnu.linkonce.this_module", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, b"\0" * this_module_size)
+        )
+    return create_elf_file(sections)
 
 
 class FixtureRoot:
@@ -174,3 +244,41 @@ class FixtureRoot:
     def file(self, host_path: str, content: bytes = b"") -> Path:
         """Any installed file, e.g. a patch module under /var/lib/kpatch/<release>/."""
         return self.write(host_path, content)
+
+    # module signing policy ---------------------------------------------------------------------------------------
+    def sig_enforce(self, enforced: bool) -> Path:
+        """/sys/module/module/parameters/sig_enforce (CONFIG_MODULE_SIG): param_get_bool() prints Y or N."""
+        return self.write("/sys/module/module/parameters/sig_enforce", "Y\n" if enforced else "N\n")
+
+    def lockdown(self, current: str = "none", levels: Sequence[str] = ("none", "integrity", "confidentiality")) -> Path:
+        """/sys/kernel/security/lockdown: every level, the current one in brackets (lockdown_read())."""
+        text = " ".join(f"[{level}]" if level == current else level for level in levels)
+        return self.write("/sys/kernel/security/lockdown", text + "\n")
+
+    def keys(self, lines: Iterable[str]) -> Path:
+        """/proc/keys from lines made with :func:`proc_key_line`."""
+        return self.write("/proc/keys", "".join(lines))
+
+    def modules_disabled(self, disabled: bool) -> Path:
+        return self.write("/proc/sys/kernel/modules_disabled", f"{int(disabled)}\n")
+
+    # what the running kernel was built with ----------------------------------------------------------------------
+    def module_symvers(self, release: str = RELEASE, entries: Iterable[SymversEntry] | str = (),
+                       layout: str = "5.10") -> Path:  # fmt: skip
+        """/lib/modules/<release>/build/Module.symvers (linux-headers-<release>), from entries or raw text."""
+        text = entries if isinstance(entries, str) else symvers_text(entries, layout)
+        return self.write(f"/lib/modules/{release}/build/Module.symvers", text)
+
+    def boot_symvers(self, release: str = RELEASE, entries: Iterable[SymversEntry] | str = (),
+                     layout: str = "5.10") -> Path:  # fmt: skip
+        """/boot/symvers-<release>.gz as RHEL and SUSE kernel packages install it."""
+        text = entries if isinstance(entries, str) else symvers_text(entries, layout)
+        return self.write(f"/boot/symvers-{release}.gz", gzip.compress(text.encode()))
+
+    def in_tree_module(self, release: str = RELEASE, path: str = "kernel/arch/x86/crypto/intree.ko", *,
+                       vermagic: str | None = f"{RELEASE} SMP preempt mod_unload modversions ",
+                       this_module_size: int | None = 1344, compression: str = "") -> Path:  # fmt: skip
+        """An in-tree module at /lib/modules/<release>/<path><compression> (compression "", ".xz", ".gz" or
+        ".zst"); add it to modules.dep yourself, depmod's order decides which module klpd reads."""
+        data = COMPRESSORS[compression](in_tree_module_bytes(vermagic, this_module_size))
+        return self.write(f"/lib/modules/{release}/{path}{compression}", data)
