@@ -20,7 +20,15 @@ from klpd.predict import PatchInput, SystemState, compute_status
 from klpd.root import HostPath, SystemRoot
 from klpd.sources import kallsyms as kallsyms_source
 from klpd.sources import kernel as kernel_source
-from klpd.sources import livepatch_sysfs, modules_dep, patch_files, proc_modules, sys_module
+from klpd.sources import (
+    kernel_build,
+    livepatch_sysfs,
+    module_signing,
+    modules_dep,
+    patch_files,
+    proc_modules,
+    sys_module,
+)
 from klpd.sources.prefetch import Prefetch
 
 
@@ -35,6 +43,13 @@ def read_patch_file(where: HostPath) -> tuple[PatchModule | None, Problem | None
         return read_patch_module(where), None
     except (KlpdError, OSError) as exc:
         return None, _file_problem(exc, where.host)
+
+
+def module_build_facts(where: HostPath) -> tuple[str | None, int | None]:
+    """vermagic= and the .gnu.linkonce.this_module size of an in-tree module: what kernel_build reads through it,
+    parsed by the same code as a patch's, so both sides of the comparison mean the same."""
+    module = read_patch_module(where)
+    return module.modinfo.vermagic, module.this_module_size
 
 
 def read_installed_file(where: HostPath) -> tuple[PatchModule | None, Problem | None] | None:
@@ -100,7 +115,9 @@ class ModuleCache:
 # ----------------------------------------------------------------------------------------------------------------
 # one evaluation
 
-SOURCES = ("kallsyms", "proc_modules", "livepatch_sysfs", "modules_dep", "patch_files")
+SOURCES = (
+    "kallsyms", "proc_modules", "livepatch_sysfs", "modules_dep", "patch_files", "kernel_build", "module_signing",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,7 @@ class Evaluator:
         self._one_shot = one_shot
         # Not the last Kallsyms (the whole file and an index of it: megabytes), only what the next read needs.
         self._kallsyms: kallsyms_source.KallsymsMemo | None = None
+        self._kernel_build = kernel_build.KernelBuildCache()  # Module.symvers is parsed once per change
 
     def system(self) -> tuple[SystemState, dict[str, bool], modules_dep.ModulesDep]:
         root = self.root
@@ -159,6 +177,12 @@ class Evaluator:
         dep = modules_dep.read_modules_dep(root, release)
         problems += dep.problems
         up["modules_dep"] = _up(dep.problems)
+        build = kernel_build.read_kernel_build(root, release, dep.value, module_build_facts, self._kernel_build)
+        problems += build.problems
+        up["kernel_build"] = _up(build.problems)
+        signing = module_signing.read_module_signing(root)
+        problems += signing.problems
+        up["module_signing"] = _up(signing.problems)
         srcversions = {}
         running: dict[str, RunningPatch] = {}
         for lp in livepatches.value:
@@ -179,6 +203,8 @@ class Evaluator:
             loaded_srcversions=srcversions,
             running_patches=running,
             problems=tuple(problems),
+            kernel_build=build.value,
+            module_signing=signing.value,
         )
         return state, up, dep.value
 
@@ -214,7 +240,8 @@ class Evaluator:
             for f in files:
                 module, problem = read_patch_file(HostPath(str(f), f))
                 name = module.name if module else module_name_from_filename(f.name)
-                inputs.append(self._patch_input(system, dep, name, module=module, problem=problem, path=str(f)))
+                checked = self._patch_input(system, dep, name, module=module, problem=problem, path=str(f))
+                inputs.append(replace(checked, candidate=True))  # will_load: insmod of this file now
             up["patch_files"] = True
         else:
             found = patch_files.find_patch_files(self.root, system.kernel.release)

@@ -112,3 +112,19 @@ def not_livepatch_symbol(semantics: KernelSemantics, symbol: str, symtab_section
     if semantics.not_livepatch_symbol_names_position:
         return NOT_LIVEPATCH_SYMBOL_AT.format(symbol=symbol, symtab_section=symtab_section, relocation=relocation)
     return NOT_LIVEPATCH_SYMBOL.format(symbol=symbol)
+
+
+# --- the module loader: kernel/module/signing.c, version.c, main.c (no prefix; "%s" is the module's name) -------
+# module_sig_check(): "Loading of %s is rejected" with "unsigned module", "module with unsupported crypto" or
+# "module with unavailable key" (pr_notice; 6.1's text, 5.4 and 7.x's seen alike).
+SIGNATURE_REJECTED = KernelMessage("Loading of {what} is rejected", prefix="")
+# security/lockdown/lockdown.c lockdown_is_locked_down(), ratelimited; "%s" the loading command (current->comm).
+LOCKED_DOWN = KernelMessage("Lockdown: {comm}: {what} is restricted; see man kernel_lockdown.7", prefix="")
+VERMAGIC_MISMATCH = KernelMessage("{module}: version magic '{have}' should be '{want}'", prefix="")
+SYMBOL_VERSION_MISMATCH = KernelMessage("{module}: disagrees about version of symbol {symbol}", prefix="")
+UNKNOWN_SYMBOL = KernelMessage("{module}: Unknown symbol {symbol} (err {errno})", prefix="")
+THIS_MODULE_SIZE = KernelMessage(
+    "module {module}: .gnu.linkonce.this_module section size must match the kernel's built struct module size at"
+    " run time",
+    prefix="",
+)

@@ -20,7 +20,9 @@ class ModuleSignature:
     """The appended signature (``struct module_signature`` + ``"~Module signature appended~\\n"``, signing.c).
 
     ``problem`` is set when the trailer is there but malformed: the kernel refuses such a module even where
-    signatures are not enforced (mod_check_sig(): EBADMSG, or ENOPKG when not PKCS#7).
+    signatures are not enforced (mod_check_sig(): EBADMSG). A signature that is not PKCS#7 (``id_type`` != 2) is
+    no problem here: the kernel takes it as "unsupported crypto" (ENOPKG), fatal only where signatures are
+    enforced or the kernel is locked down, like an unsigned module.
     """
 
     id_type: int  # 2 = PKCS#7, the only one the kernel verifies
@@ -69,6 +71,8 @@ class KernelBuild:
     this_module_size: int | None  # sh_size of that module's .gnu.linkonce.this_module: sizeof(struct module)
     crcs: dict[str, int] | None  # exported symbol -> CRC (Module.symvers, /boot/symvers-<release>.gz)
     crcs_source: str | None  # the file the CRCs were read from
+    # exported symbol -> the module exporting it ("vmlinux" for the kernel), from the same file; None: not read
+    exports: dict[str, str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,11 +90,12 @@ class LoadCheckName(StrEnum):
 
     MODULES_DISABLED = "modules_disabled"  # A1
     SIGNATURE = "signature"  # B1-B5
+    MODULE_LAYOUT = "module_layout"  # C2 (this_module size, 6.12+), C5 (the module_layout CRC)
     VERMAGIC = "vermagic"  # C6
-    MODULE_LAYOUT = "module_layout"  # C2 (this_module size, 6.12+), C5
-    LIVEPATCH_SUPPORT = "livepatch_support"  # C7, E3
+    LIVEPATCH_SUPPORT = "livepatch_support"  # C7: a livepatch module on a kernel without CONFIG_LIVEPATCH
     NAME = "name"  # C9: a module of the same name is loaded
     SYMBOLS = "symbols"  # D1-D2: every import exported, with the kernel's CRC
+    LIVEPATCH_TAG = "livepatch_tag"  # E2: klp_enable_patch() wants modinfo livepatch=Y
     TRANSITION = "transition"  # E13: another patch in transition
 
 

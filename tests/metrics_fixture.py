@@ -15,6 +15,7 @@ from klpd.model import (
     SymbolResult,
     SymbolStatus,
 )
+from klpd.model_loader import CheckResult, LoadCheck, LoadCheckName
 from klpd.outputs.metrics import MetricsSnapshot
 
 RELEASE = "6.1.0-18-amd64"
@@ -131,6 +132,11 @@ def basic_status() -> HostStatus:
         transition=None,
         will_load=False,
         reasons=("symbol do_sys_open is ambiguous",),
+        load_checks=(
+            LoadCheck(LoadCheckName.SIGNATURE, CheckResult.OK, "signed by Debian"),
+            LoadCheck(LoadCheckName.VERMAGIC, CheckResult.FAILS, "flags", "kpatch_old: version magic ...", "ENOEXEC"),
+            LoadCheck(LoadCheckName.SYMBOLS, CheckResult.UNKNOWN, "no Module.symvers"),
+        ),
     )
     # The same module name installed twice: the first, in patch directory order, stands for the name.
     duplicate = _patch(

@@ -10,7 +10,8 @@ from klpd.daemon.kernel_log import LivepatchEvent, parse_livepatch_message
 ALL = {name: m for name, m in vars(msg).items() if isinstance(m, msg.KernelMessage)}
 FIELDS = {"patch": "lp_1", "module": "xfs", "object": "(null)", "errno": -22, "action": "patching", "symbol":
           ".klp.sym.vmlinux.f,0", "name": "f", "sympos": 3, "section": ".klp.rela.xfs.text", "symtab_section": 41,
-          "relocation": 7}  # fmt: skip
+          "relocation": 7, "what": "unsigned module", "comm": "insmod", "have": "6.1.0-57-amd64 SMP mod_unload ",
+          "want": "6.1.0-57-amd64 SMP preempt mod_unload modversions "}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(ALL))

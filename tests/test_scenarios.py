@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zstandard
 from elfwriter import KlpModule, patch_using, target_module
-from fixtures import RELEASE, FixtureRoot, LivepatchObject
+from fixtures import RELEASE, FixtureRoot, LivepatchObject, SymversEntry
 
 from klpd.cli import main
 
@@ -41,13 +41,30 @@ def patch(name: str, *uses: tuple[str, str, int]) -> KlpModule:
 target_ko = target_module
 
 
+INTREE = "kernel/arch/x86/crypto/intree.ko"
+
+
 def host(tmp_path: Path, hide: bool = False, modules: tuple[str, ...] = ()) -> FixtureRoot:
     fx = FixtureRoot(tmp_path)
     fx.kernel(RELEASE, tainted=0)
     fx.kallsyms(vmlinux=VMLINUX, hide_addresses=hide)
     fx.proc_modules([f"{m} 16384 0 - Live 0xffffffffc0000000" for m in modules])
-    fx.modules_dep(RELEASE, {"kernel/drivers/target_mod.ko.xz": []})
+    loader_side(fx)
+    fx.modules_dep(RELEASE, {INTREE: [], "kernel/drivers/target_mod.ko.xz": []})
     return fx
+
+
+def loader_side(fx: FixtureRoot) -> None:
+    """What a Debian host with its kernel's headers shows the module loader's checks: an in-tree module (the
+    kernel's vermagic and struct module size), Module.symvers, and the signing policy of a host without Secure
+    Boot."""
+    fx.in_tree_module(RELEASE, INTREE)
+    fx.module_symvers(
+        RELEASE, [SymversEntry("_printk", 0x92997ED8), SymversEntry("tgt_fn_export", 0x1, "drivers/target_mod")]
+    )
+    fx.sig_enforce(False)
+    fx.lockdown("none")
+    fx.modules_disabled(False)
 
 
 def run(fx: FixtureRoot, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
@@ -258,7 +275,8 @@ def scenario_loaded_without_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ],
     )
     fx.proc_modules(["lp_nofile 16384 1 - Live 0xffffffffc0356000 (OEK)"])
-    fx.modules_dep(RELEASE, {"kernel/drivers/target_mod.ko.xz": []})
+    loader_side(fx)
+    fx.modules_dep(RELEASE, {INTREE: [], "kernel/drivers/target_mod.ko.xz": []})
     fx.file(f"/lib/modules/{RELEASE}/kernel/drivers/target_mod.ko.xz", lzma.compress(target_ko(("tgt_fn", ".text"))))
     fx.livepatch(
         "lp_nofile",

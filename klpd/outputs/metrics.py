@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from klpd import __version__
 from klpd.model import VMLINUX, HostStatus, ModuleLoad, ObjectStatus, PatchStatus, SectionState, Severity, SymbolStatus
+from klpd.model_loader import CheckResult
 
 
 class Kind(StrEnum):
@@ -78,6 +79,11 @@ PATCH_WILL_LOAD = MetricDef(
     "1 when loading this patch file now would succeed (for a loaded patch: its checks pass).", ("patch",))
 PATCH_PROBLEMS = MetricDef(
     "klpd_patch_problems", G, "Problems found in the patch, by severity.", ("patch", "severity"))
+PATCH_LOAD_CHECK = MetricDef(
+    "klpd_patch_load_check", G,
+    "A module loader check of insmod of the patch file that does not pass: result fails (the kernel refuses) or "
+    "unknown (what it needs could not be read); always 1. A patch whose checks all pass has none.",
+    ("patch", "check", "result"))
 PATCH_REPLACE = MetricDef(
     "klpd_patch_replace", G, "1 when the loaded patch uses atomic replace (sysfs replace, Linux 6.11+).",
     ("patch",))
@@ -127,7 +133,8 @@ LAST_EVALUATION = MetricDef(
 
 METRICS: tuple[MetricDef, ...] = (
     BUILD_INFO, KERNEL_INFO, LIVEPATCH_SUPPORTED, KERNEL_TAINTED_LIVEPATCH, KALLSYMS_ADDRESSES_VISIBLE,
-    HOST_PROBLEMS, PATCH_INFO, PATCH_LOADED, PATCH_STATE, PATCH_WILL_LOAD, PATCH_PROBLEMS, PATCH_REPLACE,
+    HOST_PROBLEMS, PATCH_INFO, PATCH_LOADED, PATCH_STATE, PATCH_WILL_LOAD, PATCH_PROBLEMS, PATCH_LOAD_CHECK,
+    PATCH_REPLACE,
     PATCH_STACK_ORDER, OBJECT_LOADED, OBJECT_PATCHED, MODULE_LOAD, SYMBOLS, SECTIONS, TRANSITION_START,
     TRANSITION_BLOCKING_TASKS, MODULE_LOAD_REFUSALS, SOURCE_UP, EVENTS, LOST_EVENTS, EVALUATIONS,
     EVALUATION_DURATION, LAST_EVALUATION,
@@ -264,6 +271,9 @@ def _patch(out: _Families, patch: PatchStatus, stats: DaemonCounters) -> None:
     out.add(PATCH_WILL_LOAD, float(patch.will_load), name)
     for severity in SEVERITIES:
         out.add(PATCH_PROBLEMS, sum(p.severity == severity for p in patch.problems), name, severity)
+    for check in patch.load_checks:
+        if check.result is not CheckResult.OK:
+            out.add(PATCH_LOAD_CHECK, 1.0, name, check.check.value, check.result.value)
     if patch.replace is not None:
         out.add(PATCH_REPLACE, float(patch.replace), name)
     if patch.stack_order is not None:

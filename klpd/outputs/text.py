@@ -17,6 +17,7 @@ from klpd.model import (
     SectionState,
     SymbolStatus,
 )
+from klpd.model_loader import CheckResult
 from klpd.predict.verdicts import patch_has_problems
 
 
@@ -91,6 +92,16 @@ def render_status(status: HostStatus, verbose: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load_check_lines(p: PatchStatus, verbose: bool) -> list[str]:
+    """The module loader's checks: those that fail or cannot be known (all of them with -v), and the signer."""
+    shown = [c for c in p.load_checks if verbose or c.result is not CheckResult.OK]
+    lines = [f"  insmod check {c.check.value:<18} {c.result.value:<8} {c.detail}" for c in shown]
+    if p.signature is not None and (verbose or shown):
+        who = p.signature.signer or "an unnamed signer"
+        lines.append(f"  signed by {who}" + (f", key {p.signature.key_id}" if p.signature.key_id else ""))
+    return lines
+
+
 def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
     lines = [f"{p.name}: {p.path or '(no file)'}"]
     if not p.will_load:
@@ -98,6 +109,7 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
         lines += [f"    {r}" for r in p.reasons]
     for x in p.problems:
         lines.append(f"  {_problem_line(x)}")
+    lines += _load_check_lines(p, verbose)
     for obj in p.objects:
         states = Counter(s.state for s in obj.sections)
         statuses = Counter(s.status for s in obj.symbols)

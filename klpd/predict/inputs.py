@@ -75,3 +75,6 @@ class PatchInput:
     target_symtabs: Mapping[str, ModuleSymtab | Problem] = field(default_factory=dict)
     file_problem: Problem | None = None  # the file could not be read or parsed
     path: str | None = None
+    # A file given to klpctl check: will_load is about insmod of it now, a loaded module of its name included.
+    # Otherwise a loaded patch's will_load says whether its checks pass, ignoring that it is loaded (EEXIST).
+    candidate: bool = False

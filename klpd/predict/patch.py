@@ -18,7 +18,7 @@ from klpd.model import (
     SysfsPatch,
 )
 from klpd.predict.inputs import PatchInput, SystemState
-from klpd.predict.loader import load_reasons
+from klpd.predict.loader import load_checks, load_reasons
 from klpd.predict.module_load import module_load
 from klpd.predict.running import running_sections
 from klpd.predict.sections import PatchEvaluation, file_sections, section_result
@@ -140,7 +140,8 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
                     subject=obj.name,
                 )
             )
-    reasons, load_problems = load_reasons(system, p, loaded, objects)
+    checks = load_checks(system, p, loaded and not p.candidate)
+    reasons, load_problems = load_reasons(system, p, loaded and not p.candidate, objects, checks)
     problems.extend(load_problems)
     problems.extend(_file_problems(system, p, loaded))
     return PatchStatus(
@@ -157,4 +158,6 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
         reasons=tuple(reasons),
         objects=objects,
         problems=tuple(problems),
+        load_checks=checks,
+        signature=module.signature if module else None,
     )
