@@ -339,3 +339,27 @@ def test_text_output_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 1
     assert "lp_refused" in out and "target_mod(load REFUSED)" in out
     assert "refusing to load module 'target_mod'" in out
+
+
+def test_loader_checks_are_unknown_on_a_root_without_their_sources(tmp_path: Path, capsys) -> None:
+    """A copied host without the kernel's headers, its signing policy or an in-tree module (what `tar` of /proc
+    and /sys alone gives): the checks that need them say unknown, the others still decide, the exit code stays."""
+    fx = FixtureRoot(tmp_path)
+    fx.kernel(RELEASE, tainted=0)
+    fx.kallsyms(vmlinux=VMLINUX)
+    fx.proc_modules([])
+    fx.modules_dep(RELEASE, {"kernel/drivers/target_mod.ko.xz": []})
+    lp = patch("lp_new", ("vmlinux", "unique_fn", 0))
+    lp.symbol("_printk")  # an import: whether anything exports it needs Module.symvers
+    path = fx.file(f"{KPATCH_DIR}/lp-new.ko", lp.build())
+    code, doc = run(fx, "check", str(path), capsys=capsys)
+    results = {c["check"]: c["result"] for c in one(doc, "lp_new")["load_checks"]}
+    assert results == {
+        "modules_disabled": "unknown", "signature": "unknown", "module_layout": "ok", "vermagic": "unknown",
+        "livepatch_support": "ok", "name": "ok", "symbols": "unknown", "livepatch_tag": "ok", "transition": "ok",
+    }  # fmt: skip
+    assert one(doc, "lp_new")["will_load"] and code == 0
+    loader_side(fx)  # the same host with its headers and policy: every check decides
+    fx.modules_dep(RELEASE, {INTREE: [], "kernel/drivers/target_mod.ko.xz": []})
+    code, doc = run(fx, "check", str(path), capsys=capsys)
+    assert {c["result"] for c in one(doc, "lp_new")["load_checks"]} == {"ok"}
