@@ -13,6 +13,7 @@ from pathlib import Path
 
 from klpd.elf import parse_modinfo, parse_patch_module, read_module_symtab, read_patch_module
 from klpd.elf.decompress import read_module_bytes
+from klpd.elf.load_info import build_facts
 from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import VMLINUX, HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity
 from klpd.names import module_name_from_filename, parse_klp_rela_name, parse_klp_sym_name
@@ -47,9 +48,8 @@ def read_patch_file(where: HostPath) -> tuple[PatchModule | None, Problem | None
 
 def module_build_facts(where: HostPath) -> tuple[str | None, int | None]:
     """vermagic= and the .gnu.linkonce.this_module size of an in-tree module: what kernel_build reads through it,
-    parsed by the same code as a patch's, so both sides of the comparison mean the same."""
-    module = read_patch_module(where)
-    return module.modinfo.vermagic, module.this_module_size
+    read by the same code as a patch's (section headers and .modinfo only), so both sides mean the same."""
+    return build_facts(read_module_bytes(where), where.host)
 
 
 def read_installed_file(where: HostPath) -> tuple[PatchModule | None, Problem | None] | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import struct
 
-from klpd.elf._raw import SHF_ALLOC, ElfFile, Shdr, cstring
+from klpd.elf._raw import SHF_ALLOC, ElfFile, Shdr, cstring, parse_guarded
+from klpd.elf.modinfo import modinfo_from
 from klpd.model import SHN_UNDEF
 from klpd.model_loader import SymbolVersion
 
@@ -93,3 +94,13 @@ def this_module_size(elf: ElfFile) -> int | None:
         if sec.name == _THIS_MODULE:
             return sec.size
     return None
+
+
+def build_facts(data: bytes, path: str) -> tuple[str | None, int | None]:
+    """vermagic= and the this_module size of a module's ELF bytes (an in-tree module: what the running kernel was
+    built with), from the section headers and .modinfo alone, by the same readers as a patch's."""
+    def read(d: bytes, p: str) -> tuple[str | None, int | None]:
+        elf = ElfFile(d, p)
+        return modinfo_from(elf).vermagic, this_module_size(elf)
+
+    return parse_guarded(read, data, path)
