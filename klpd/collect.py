@@ -177,7 +177,9 @@ class Evaluator:
         dep = modules_dep.read_modules_dep(root, release)
         problems += dep.problems
         up["modules_dep"] = _up(dep.problems)
-        build = kernel_build.read_kernel_build(root, release, dep.value, module_build_facts, self._kernel_build)
+        build = kernel_build.read_kernel_build(
+            root, release, dep.value, module_build_facts, self._kernel_build, one_shot=self._one_shot
+        )
         problems += build.problems
         up["kernel_build"] = _up(build.problems)
         signing = module_signing.read_module_signing(root)

@@ -8,6 +8,7 @@ Frozen dataclasses and string enums, no I/O; the sources fill the input half, ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -69,10 +70,10 @@ class KernelBuild:
     vermagic: str | None  # modinfo vermagic= of an in-tree module of the release
     vermagic_source: str | None  # the module it was read from
     this_module_size: int | None  # sh_size of that module's .gnu.linkonce.this_module: sizeof(struct module)
-    crcs: dict[str, int] | None  # exported symbol -> CRC (Module.symvers, /boot/symvers-<release>.gz)
+    crcs: Mapping[str, int] | None  # exported symbol -> CRC (Module.symvers, /boot/symvers-<release>.gz)
     crcs_source: str | None  # the file the CRCs were read from
     # exported symbol -> the module exporting it ("vmlinux" for the kernel), from the same file; None: not read
-    exports: dict[str, str] | None = None
+    exports: Mapping[str, str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
