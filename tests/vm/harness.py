@@ -4,6 +4,7 @@
     result = env.vm().run("insmod ...; cat /sys/kernel/livepatch/*/enabled", timeout=120)
     result.exit_code, result.stdout, result.stderr, result.dmesg, result.files["x.json"]
     runs = env.run_many({"a": script_a, "b": script_b})   # independent boots, two at a time on two cores
+    env.run_many({"a": ...}, kernel_args={"a": ["module.sig_enforce=1"]})   # boot "a" with more on its command line
     runs["a"].step("check").json()        # guest.sh's `step check klpctl check --json FILE`
 
 Tests call :func:`session_environment` (skip or fail policy) instead of :func:`prepare`.
@@ -21,6 +22,7 @@ enough, it can be a nested implementation that stalls a guest, so KVM is used on
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +60,18 @@ GUEST_SH = Path(__file__).resolve().parent / "guest.sh"
 KLPCTL = Path(sys.prefix) / "bin" / "klpctl"
 
 
-# A boot reaches the script in 2-13 s under TCG; far past that, the guest has stalled.
+# A boot reaches the script in 2-13 s under TCG on an idle host; far past that, the guest has stalled. Both this
+# and a case's own time limit are for an idle host: they are stretched by load_factor() when the boot starts.
 BOOT_TIMEOUT = 90.0
+
+
+def load_factor() -> float:
+    """How much slower a guest runs now than on an idle host: runnable tasks per host core, at least 1.
+
+    TCG guests are CPU-bound, so on a host whose cores are already busy (another test session, a build) each
+    guest gets a share of a core; a fixed limit would turn that into a false "stalled" or "timed out".
+    """
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 class _BootStalled(Exception):
@@ -142,14 +154,20 @@ class Environment:
     def vm(self, **kwargs: object) -> VM:
         return VM(self, **kwargs)  # type: ignore[arg-type]
 
-    def run_many(self, scripts: Mapping[str, str], timeout: float = 300.0) -> Runs:
+    def run_many(
+        self, scripts: Mapping[str, str], timeout: float = 300.0, kernel_args: Mapping[str, Sequence[str]] = {}
+    ) -> Runs:
         """Run independent scripts, one pristine boot each, :func:`parallel_boots` at a time.
 
         A guest spends most of its time in one vCPU thread (Python under TCG), so two boots on two host cores
         take little longer than one. A boot that fails is kept as its error and raised by ``runs[name]`` only.
+        ``kernel_args[name]`` is added to that boot's kernel command line (see :meth:`VM.run`).
         """
         with ThreadPoolExecutor(parallel_boots()) as pool:
-            futures = {name: pool.submit(self.vm().run, script, timeout) for name, script in scripts.items()}
+            futures = {
+                name: pool.submit(self.vm().run, script, timeout, kernel_args.get(name, ()))
+                for name, script in scripts.items()
+            }
             wait(futures.values())
         return Runs({name: f.exception() or f.result() for name, f in futures.items()})
 
@@ -180,13 +198,13 @@ class VM:
     cmdline: str = "console=ttyS0 quiet panic=-1 oops=panic mitigations=off cryptomgr.notests"
     init: str = "chroot"  # or "systemd": the root boots with systemd as PID 1 (initramfs.SYSTEMD_UNITS)
 
-    def qemu_command(self, out: Path) -> list[str]:
+    def qemu_command(self, out: Path, kernel_args: Sequence[str] = ()) -> list[str]:
         accel = ["-accel", "kvm", "-cpu", "host"] if real_kvm() else ["-accel", "tcg,thread=multi", "-cpu", "max"]
         return [
             QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             *accel, "-m", self.memory, "-smp", str(self.cpus),
             "-kernel", str(self.env.kernel.vmlinuz), "-initrd", str(self.env.initramfs),
-            "-append", self.cmdline,
+            "-append", " ".join((self.cmdline, *kernel_args)),
             "-serial", f"file:{out / 'console.log'}", "-serial", f"file:{out / 'stdout.log'}",
             "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
@@ -194,8 +212,11 @@ class VM:
             "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
         ]  # fmt: skip
 
-    def run(self, script: str, timeout: float = 180.0) -> GuestResult:
+    def run(self, script: str, timeout: float = 180.0, kernel_args: Sequence[str] = ()) -> GuestResult:
         """Boot, run ``script`` (bash, as root, cwd = the repository) and power off; one pristine kernel per call.
+
+        ``kernel_args`` are appended to the kernel command line, e.g. ``["module.sig_enforce=1"]`` for a guest
+        that refuses unsigned modules. ``timeout`` (boot included) is for an idle host, see :func:`load_factor`.
 
         Under TCG on a loaded 2-core host a guest occasionally stalls while booting (soft lockups in early kernel
         threads) and never reaches the script. Such a boot says nothing about klpd or the kernel's livepatch
@@ -203,14 +224,14 @@ class VM:
         """
         for attempt in (1, 2):
             try:
-                return self._attempt(script, timeout)
+                return self._attempt(script, timeout, kernel_args)
             except _BootStalled as exc:
                 if attempt == 2:
                     raise VMError(f"guest stalled before the script started, twice\n{exc}") from None
                 print(f"klpvm: boot stalled before the script started; retrying once\n{str(exc)[-1500:]}")
         raise AssertionError("unreachable")
 
-    def _attempt(self, script: str, timeout: float) -> GuestResult:
+    def _attempt(self, script: str, timeout: float, kernel_args: Sequence[str]) -> GuestResult:
         with tempfile.TemporaryDirectory(prefix="klpvm-") as tmp:
             out = Path(tmp)
             share = out / "share"
@@ -230,23 +251,28 @@ class VM:
                 (share / "units").mkdir()
                 for name, text in systemd_units(str(self.cwd)).items():
                     (share / "units" / name).write_text(text)
+            factor = load_factor()
+            boot_limit, limit = BOOT_TIMEOUT * factor, timeout * factor
             start = time.monotonic()
             proc = subprocess.Popen(
-                self.qemu_command(out), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                self.qemu_command(out, kernel_args),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             try:
-                qemu_out, _ = proc.communicate(timeout=BOOT_TIMEOUT)
+                qemu_out, _ = proc.communicate(timeout=boot_limit)
             except subprocess.TimeoutExpired:
                 if not (share / "started").exists():
                     proc.kill()
                     proc.communicate()
-                    raise _BootStalled(self._report(f"no script start in {BOOT_TIMEOUT:.0f} s", out)) from None
+                    raise _BootStalled(self._report(f"no script start in {boot_limit:.0f} s", out)) from None
                 try:
-                    qemu_out, _ = proc.communicate(timeout=max(timeout - BOOT_TIMEOUT, 1.0))
+                    qemu_out, _ = proc.communicate(timeout=max(limit - boot_limit, 1.0))
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.communicate()
-                    raise VMError(self._report(f"guest did not finish in {timeout:.0f} s", out)) from None
+                    raise VMError(self._report(f"guest did not finish in {limit:.0f} s", out)) from None
             seconds = time.monotonic() - start
             rc = share / "rc"
             if not rc.exists():
@@ -317,9 +343,11 @@ def prepare() -> Environment:
                 raise HarnessError(f"could not read the guest's /proc/kallsyms:\n{result.stderr}")
             kallsyms.write_bytes(result.files["kallsyms"])
         built = build_modules(kernel, kallsyms.read_text(), base / "build")
-        tree = module_tree(kernel, built.targets, base / f"modroot-{built.key}")
+        # Named after what goes into it, module_tree() included, so that a changed tree layout is rebuilt.
+        tree_key = hashlib.sha256(f"{built.key} {inspect.getsource(module_tree)}".encode()).hexdigest()[:16]
+        tree = module_tree(kernel, built.targets, base / f"modroot-{tree_key}")
         for old in base.glob("modroot-*"):
-            if old.name not in ("modroot-base", f"modroot-{built.key}"):
+            if old.name not in ("modroot-base", f"modroot-{tree_key}"):
                 shutil.rmtree(old, ignore_errors=True)
     return Environment(kernel, tree, initramfs, built)
 

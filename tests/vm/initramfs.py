@@ -1,10 +1,10 @@
 """The guest's initramfs: static busybox, the few modules that reach the host's files over virtio-9p, and an init.
 
 The init mounts the host's root read-only (9p tag ``hostroot``) under a tmpfs overlay, gives it the guest's own
-proc, sys, dev, tmp and run, binds the test kernel's ``/lib/modules/<release>`` over the host's, mounts the writable
-results share (9p tag ``results``) at ``/run/klpvm`` and chroots into it to run ``/run/klpvm/script.sh`` with bash,
-in the directory named by ``vm.conf``. The script's stdout goes to the second serial port (ttyS1), its stderr, exit
-status and the guest's dmesg to the results share; then the guest powers off.
+proc, sys (with securityfs), dev, tmp and run, binds the test kernel's ``/lib/modules/<release>`` over the host's,
+mounts the writable results share (9p tag ``results``) at ``/run/klpvm`` and chroots into it to run
+``/run/klpvm/script.sh`` with bash, in the directory named by ``vm.conf``. The script's stdout goes to the second
+serial port (ttyS1), its stderr, exit status and the guest's dmesg to the results share; then the guest powers off.
 
 With ``KLPVM_INIT=systemd`` in ``vm.conf`` the same root becomes a systemd host instead: the init switches to it
 with systemd as PID 1 and the unit ``klpvm.target`` (from the results share, see :data:`SYSTEMD_UNITS`), whose
@@ -52,6 +52,8 @@ mount -t tmpfs tmp $R/tmp
 mount -t tmpfs run $R/run
 mkdir -p "$R$KLPVM_CWD" && mount --bind /keep "$R$KLPVM_CWD" || fail "rebind repository $KLPVM_CWD"
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
+# As systemd mounts it on every host: /sys/kernel/security/lockdown decides whether unsigned modules load.
+mount -t securityfs securityfs $R/sys/kernel/security || fail "securityfs"
 mkdir -p "$R/lib/modules/$KLPVM_RELEASE" "$R@GUEST_OUT@"
 mount --bind "/lower$KLPVM_MODULES" "$R/lib/modules/$KLPVM_RELEASE" || fail "bind modules"
 mount --bind /out "$R@GUEST_OUT@"
@@ -62,7 +64,7 @@ if [ "$KLPVM_INIT" = systemd ]; then
     # A boot of this root, not a container: the host's /.dockerenv would make systemd think it is in docker.
     rm -f $R/.dockerenv
     # systemd mounts proc, sys and dev itself, and the guest's cgroup2 along with them.
-    umount $R/dev/pts $R/dev $R/sys/kernel/debug $R/sys $R/proc 2>/dev/null
+    umount $R/dev/pts $R/dev $R/sys/kernel/debug $R/sys/kernel/security $R/sys $R/proc 2>/dev/null
     echo klpvm-init: switching to systemd >&2
     exec switch_root $R /lib/systemd/systemd --unit=klpvm.target
 fi

@@ -268,12 +268,20 @@ def _prepare_kernel(cache: Path) -> KernelImage:
 
 def module_tree(image: KernelImage, extra: Sequence[Path], dest: Path) -> Path:
     """``dest/lib/modules/<release>``: a hard-linked copy of the image's modules plus ``extra/`` (the suite's own
-    target modules, so that modprobe and klpd find them through modules.dep), indexed by ``depmod -b``."""
+    target modules, so that modprobe and klpd find them through modules.dep), indexed by ``depmod -b``.
+
+    The guest sees this directory instead of the host's ``/lib/modules/<release>``, so it gets the host's ``build``
+    and ``source`` links too (what ``linux-headers-<release>`` installs there): a guest with the headers installed,
+    like the host, whose ``build/Module.symvers`` klpd reads the kernel's exports and CRCs from."""
 
     def make(tmp: Path) -> None:
         tree = tmp / "lib" / "modules" / image.release
         tree.parent.mkdir(parents=True)
         run(["cp", "-al", image.modules, tree])
+        for link in ("build", "source"):
+            host = Path("/lib/modules") / image.release / link
+            if host.is_symlink():
+                (tree / link).symlink_to(os.readlink(host))
         (tree / "extra").mkdir()
         for ko in extra:
             shutil.copy2(ko, tree / "extra" / ko.name)
