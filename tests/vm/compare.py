@@ -168,3 +168,60 @@ def kallsyms_addresses(kallsyms: str, name: str, module: str | None = None) -> l
         elif state == "inside":
             state = "after"
     return found
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The module loader (kernel/module/*.c): refusals before the livepatch core sees the patch
+
+# Notices load_module() prints once per boot on the way, for the first module that gets that far (6.1
+# check_modinfo(), check_modinfo_livepatch(), load_module()): taints, never why a load fails.
+TAINT_NOTICE = re.compile(
+    r": (loading out-of-tree module taints kernel\.|tainting kernel with TAINT_\w+"
+    r"|module verification failed: signature and/or required key missing - tainting kernel)$"
+)
+
+
+def loader_lines(dmesg: Iterable[str]) -> list[str]:
+    """What the kernel logged about an insmod, once-per-boot taint notices left out."""
+    return [line for line in dmesg if not TAINT_NOTICE.search(line)]
+
+
+def load_check(patch_doc: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [c for c in patch_doc["load_checks"] if c["check"] == name]
+    assert len(found) == 1, (
+        f"patch {patch_doc['name']}: {len(found)} load checks named {name}: {patch_doc['load_checks']}"
+    )
+    return found[0]
+
+
+def failing_checks(patch_doc: dict[str, Any]) -> list[str]:
+    return [c["check"] for c in patch_doc["load_checks"] if c["result"] == "fails"]
+
+
+def assert_load_refusal_predicted(
+    doc: dict[str, Any], name: str, check: str, errno: str, kernel_lines: list[str]
+) -> None:
+    """klpd refuses the patch for the one check the kernel refused it for, with the kernel's errno and lines.
+
+    Where the kernel logs more than one line (a CRC mismatch: "disagrees about version", then "Unknown symbol"),
+    the check quotes one of them and ``reasons`` holds all of them.
+    """
+    patch_doc = patch(doc, name)
+    assert patch_doc["will_load"] is False, patch_doc["load_checks"]
+    assert failing_checks(patch_doc) == [check], patch_doc["load_checks"]
+    verdict = load_check(patch_doc, check)
+    assert verdict["errno"] == errno, verdict
+    if kernel_lines:
+        assert verdict["kernel_message"] in kernel_lines, (verdict, kernel_lines)
+    else:
+        assert verdict["kernel_message"] is None, verdict
+    missing = set(kernel_lines) - {normalize(r) for r in patch_doc["reasons"]}
+    assert not missing, f"kernel said {sorted(missing)}; klpd's reasons: {patch_doc['reasons']}"
+
+
+def assert_load_predicted(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """klpd says the patch loads, and no loader check of it fails."""
+    patch_doc = patch(doc, name)
+    assert patch_doc["will_load"] is True, (patch_doc["reasons"], patch_doc.get("load_checks"))
+    assert failing_checks(patch_doc) == [], patch_doc["load_checks"]
+    return patch_doc

@@ -5,6 +5,8 @@
   :class:`Variant`, each a one-line .c including ``klpvm_patch.h``, converted by ``klpconvert.py``. The vmlinux
   symbols they use are picked from the guest's own ``/proc/kallsyms`` (the Debian image's System.map is a stub):
   the first, by name, of the static text functions named once, and of those named exactly twice.
+- The module-loader cases' patches (``loader.py``): one plain livepatch module, copied and rewritten to trip one
+  check of load_module() each (vermagic, a CRC, an unexported import, an unknown signing key).
 
 Built modules are cached under a key of everything that goes into them, so editing a source rebuilds.
 """
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import klpconvert
+from . import klpconvert, loader
 from .kernel import KernelImage, run
 
 SOURCES = Path(__file__).resolve().parent / "modules"
@@ -101,6 +103,7 @@ class Built:
     symbols: Symbols
     upstream: Path  # the kernel's selftest and sample modules, <name>.ko
     patches: Path  # the suite's converted patch modules, <variant>.ko
+    loader: Path  # the module-loader cases' patches, <name>.ko (loader.SOURCES)
     targets: tuple[Path, ...]  # modules to install into the guest's extra/
 
     def upstream_module(self, name: str) -> Path:
@@ -108,6 +111,9 @@ class Built:
 
     def patch(self, name: str) -> Path:
         return self.patches / f"{name}.ko"
+
+    def loader_patch(self, name: str) -> Path:
+        return self.loader / f"{name}.ko"
 
 
 def _make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
@@ -133,7 +139,7 @@ def _build_upstream(kernel: KernelImage, dest: Path) -> Path:
 
 def _own_key(kernel: KernelImage, sym: Symbols) -> str:
     h = hashlib.sha256(f"{kernel.release} {kernel.version} {sym}".encode())
-    for path in [*sorted(SOURCES.iterdir()), Path(klpconvert.__file__), Path(__file__)]:
+    for path in [*sorted(SOURCES.iterdir()), Path(klpconvert.__file__), Path(loader.__file__), Path(__file__)]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -148,8 +154,10 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
     for v in all_variants:
         target = "#define KLPVM_TARGET\n" if v.target else ""
         (src / f"{v.name}.c").write_text(f'{target}#define KLPVM_LABEL "{v.label}"\n#include "klpvm_patch.h"\n')
+    loader.write_sources(src)
     parts = " ".join(p + ".o" for p in TARGET_PARTS)
-    _make(kernel, src, [TARGET, *(v.name for v in all_variants)], f"{TARGET}-y := {parts}\n", warn=True)
+    objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES]
+    _make(kernel, src, objects, f"{TARGET}-y := {parts}\n", warn=True)
     patches = dest / "patches"
     patches.mkdir()
     for v in all_variants:
@@ -157,6 +165,7 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
             (src / f"{v.name}.ko").read_bytes(), move=v.move, object_name=v.object_name, keep_rela=v.keep_rela
         )
         (patches / f"{v.name}.ko").write_bytes(data)
+    loader.derive(kernel, src, dest / "loader")
     (dest / "done").touch()
 
 
@@ -172,4 +181,4 @@ def build_modules(kernel: KernelImage, kallsyms: str, dest: Path) -> Built:
             if old != own:
                 shutil.rmtree(old, ignore_errors=True)
     targets = (own / "src" / f"{TARGET}.ko", *(upstream / f"{n}.ko" for n in UPSTREAM_TARGETS))
-    return Built(own, key, sym, upstream, own / "patches", targets)
+    return Built(own, key, sym, upstream, own / "patches", own / "loader", targets)
