@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 from elfwriter import patch_using
-from status_fixture import RELEASE, system
+from status_fixture import KALLSYMS, RELEASE, system
 
 from klpd.elf import parse_patch_module
 from klpd.kernel_version import semantics_for
@@ -166,3 +166,22 @@ def test_a_module_of_that_name_and_disabled_loading() -> None:
         CheckResult.FAILS,
         "EPERM",
     )
+
+
+def test_without_module_symvers_the_exports_come_from_kallsyms_ksymtab_entries() -> None:
+    """A host without its kernel's headers: /proc/kallsyms lists __ksymtab_<symbol> for every export (Debian 6.1,
+    CONFIG_KALLSYMS_ALL), anchored on klp_enable_patch's, which every livepatch kernel exports."""
+    vmlinux, modules = KALLSYMS.split("ffffffffc0001000", 1)  # vmlinux lines come first, then the modules'
+    ksymtab = "".join(f"ffffffff82{i:06x} r __ksymtab_{n}\n" for i, n in enumerate(("klp_enable_patch", "_printk")))
+    module_export = "ffffffffc0004000 r __ksymtab_mod_export\t[loaded_mod]\n"
+    kallsyms = vmlinux + ksymtab + "ffffffffc0001000" + modules + module_export
+    headless = dataclasses.replace(BUILD, crcs=None, exports=None, crcs_source=None)
+    status, checks = judge(patch(imports=("_printk", "mod_export", "kallsyms_lookup_name")),
+                           host(build=headless, kallsyms=kallsyms))  # fmt: skip
+    check = checks[LoadCheckName.SYMBOLS]
+    assert (check.result, check.errno) == (CheckResult.FAILS, "ENOENT")
+    assert check.detail.startswith("not exported now (/proc/kallsyms): kallsyms_lookup_name")
+    assert status.reasons == ("lp_loader: Unknown symbol kallsyms_lookup_name (err -2)",)
+    # No __ksymtab_ entries at all (no CONFIG_KALLSYMS_ALL, or a kernel that lists none): unknown, not a guess.
+    _, checks = judge(patch(imports=("_printk",)), host(build=headless))
+    assert checks[LoadCheckName.SYMBOLS].result is CheckResult.UNKNOWN

@@ -249,3 +249,14 @@ def test_a_one_shot_read_searches_module_symvers_for_the_symbols_asked(tmp_path)
         assert once.crcs.get(symbol) == full.crcs.get(symbol), symbol
         assert once.exports.get(symbol) == full.exports.get(symbol), symbol
     assert once.exports["my-mod_sym"] == "my_mod"
+
+
+def test_a_one_shot_lookup_is_a_whole_mapping_when_listed(tmp_path) -> None:
+    """Truth-testing, len() or iterating the one-shot view parses the whole file: same as the full parse."""
+    fx = FixtureRoot(tmp_path)
+    fx.module_symvers(RELEASE, EXPORTS)
+    dep = read_modules_dep(fx.root, RELEASE).value
+    once = read_kernel_build(fx.root, RELEASE, dep, module_build_facts, one_shot=True).value
+    full = read_kernel_build(fx.root, RELEASE, dep, module_build_facts).value
+    assert once.exports and full.exports is not None and once.crcs is not None and full.crcs is not None
+    assert dict(once.exports) == dict(full.exports) and dict(once.crcs) == dict(full.crcs)

@@ -96,6 +96,10 @@ def runs(env):
     scripts = {
         "loader": f"""
             step check klpctl check --json {checked}
+            # A host without its kernel's headers (the usual fleet host): Module.symvers out of sight.
+            step hide_headers mount -t tmpfs -o ro tmpfs "$(readlink -f /lib/modules/$(uname -r)/build)"
+            step check_headless klpctl check --json {ko("klpvm_ld_crc")} {ko("klpvm_ld_unexported")}
+            step show_headers umount "$(readlink -f /lib/modules/$(uname -r)/build)"
             {refused}
             {loads}
             step check_clash klpctl check --json {ko("klpvm_ld_plain")}
@@ -187,3 +191,19 @@ def test_signature_read_from_the_file(env, runs):
     assert signature["problem"] is None
     serial = loader.cert_serial(loader.foreign_cert(env.built.loader))
     assert int(signature["key_id"].replace(":", ""), 16) == serial, signature
+
+
+def test_without_headers_exports_come_from_kallsyms_and_crcs_are_unknown(env, runs, vermagic):
+    """With Module.symvers out of sight, klpd finds the exports in the __ksymtab_ entries /proc/kallsyms lists
+    (Debian 6.1 lists them), so the import nobody exports is still refused with the kernel's line; the CRC the
+    kernel refuses cannot be known without the kernel's CRCs, and klpd says unknown rather than ok."""
+    assert runs["loader"].step("hide_headers").rc == 0
+    doc = runs["loader"].step("check_headless").json()
+    unexported = refusals(vermagic)["unexported"]
+    lines = kernel_refused(runs, unexported, env.built.loader_patch(unexported.module))
+    compare.assert_load_refusal_predicted(doc, unexported.module, "symbols", "ENOENT", lines)
+    symbols = {c["check"]: c for c in compare.patch(doc, unexported.module)["load_checks"]}["symbols"]
+    assert "/proc/kallsyms" in symbols["detail"], symbols
+    crc = {c["check"]: c for c in compare.patch(doc, "klpvm_ld_crc")["load_checks"]}["symbols"]
+    assert crc["result"] == "unknown", crc
+    assert "CRCs are unknown" in crc["detail"], crc

@@ -13,10 +13,10 @@ first; all are listed, in its order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from klpd import kernel_messages as msg
-from klpd.model import ObjectStatus, PatchModule, Problem, SectionState, Severity
+from klpd.model import VMLINUX, ObjectStatus, PatchModule, Problem, SectionState, Severity
 from klpd.model_loader import CheckResult, LoadCheck, LoadCheckName
 from klpd.predict.inputs import PatchInput, SystemState
 from klpd.predict.module_signature import signature_check
@@ -129,24 +129,49 @@ def _symbols(system: SystemState, module: PatchModule) -> LoadCheck:
         return LoadCheck(check, CheckResult.FAILS, detail, lines[0], "EINVAL")
     missing = _missing(system, module)
     if missing is None:
-        return LoadCheck(check, CheckResult.UNKNOWN, "the kernel's exported symbols could not be read (Module.symvers)")
+        detail = "the kernel's exports are unknown: no Module.symvers, and /proc/kallsyms lists no __ksymtab_ entries"
+        return LoadCheck(check, CheckResult.UNKNOWN, detail)
     if not module.imports:
         return LoadCheck(check, CheckResult.OK, "imports no symbol")
+    source = "Module.symvers" if system.kernel_build and system.kernel_build.exports is not None else "/proc/kallsyms"
     if not missing:
-        return LoadCheck(check, CheckResult.OK, f"all {len(module.imports)} imports are exported by loaded code")
+        if module.has_versions and (system.kernel_build is None or system.kernel_build.crcs is None):
+            detail = f"all {len(module.imports)} imports are exported ({source}), but this kernel's CRCs are unknown"
+            return LoadCheck(check, CheckResult.UNKNOWN, detail + " (no Module.symvers): check_version() decides")
+        detail = f"all {len(module.imports)} imports are exported by loaded code ({source})"
+        return LoadCheck(check, CheckResult.OK, detail)
     exports = system.kernel_build.exports if system.kernel_build else None
-    details = [name + _exporter_note(module, exports.get(name) if exports else None) for name in missing]
-    return LoadCheck(check, CheckResult.FAILS, "not exported now: " + ", ".join(details), lines[0], "ENOENT")
+    details = [name + _exporter_note(module, exports.get(name) if exports is not None else None) for name in missing]
+    detail = f"not exported now ({source}): " + ", ".join(details)
+    return LoadCheck(check, CheckResult.FAILS, detail, lines[0], "ENOENT")
 
 
 def _missing(system: SystemState, module: PatchModule) -> list[str] | None:
-    """The imports no loaded object exports; None when the kernel's exports are unknown (and it imports any)."""
+    """The imports no loaded object exports; None when that cannot be known (and it imports any)."""
     if not module.imports:
         return []
-    exports = system.kernel_build.exports if system.kernel_build else None
-    if exports is None:
+    exported = _export_test(system)
+    if exported is None:
         return None
-    return [name for name in module.imports if not _exported(system, exports.get(name))]
+    return [name for name in module.imports if not exported(name)]
+
+
+# Every livepatch imports it, and the kernel exports it whenever it has livepatch support (kernel/livepatch/core.c
+# EXPORT_SYMBOL_GPL): where /proc/kallsyms lists its __ksymtab_ entry, it lists every export's.
+_KSYMTAB_ANCHOR = "__ksymtab_klp_enable_patch"
+
+
+def _export_test(system: SystemState) -> Callable[[str], bool] | None:
+    """Whether a symbol is exported by vmlinux or a loaded module: from Module.symvers, else from the __ksymtab_
+    entries /proc/kallsyms lists (with CONFIG_KALLSYMS_ALL; seen on Debian 6.1), else None."""
+    exports = system.kernel_build.exports if system.kernel_build else None
+    if exports is not None:
+        return lambda name: _exported(system, exports.get(name))
+    kallsyms = system.kallsyms
+    if kallsyms.find(VMLINUX, _KSYMTAB_ANCHOR).matches == 0:
+        return None
+    modules = tuple(system.modules)
+    return lambda name: any(kallsyms.find(obj, f"__ksymtab_{name}").matches for obj in (VMLINUX, *modules))
 
 
 def _symbol_lines(system: SystemState, module: PatchModule) -> list[str]:

@@ -93,6 +93,13 @@ class SymversLookup:
     def __init__(self, text: str) -> None:
         self._text = text
         self._found: dict[str, tuple[int, str] | None] = {}
+        self._all: Symvers | None = None
+
+    def whole(self) -> Symvers:
+        """Every line, parsed: for a caller that lists or counts the exports rather than asking for some."""
+        if self._all is None:
+            self._all = parse_symvers(self._text, "Module.symvers").value
+        return self._all
 
     def entry(self, symbol: str) -> tuple[int, str] | None:
         """(CRC, exporting module's name) of ``symbol``, or None."""
@@ -112,7 +119,8 @@ class SymversLookup:
 
 
 class _Column(Mapping[str, _V]):
-    """One column of a :class:`SymversLookup` as a mapping: what the prediction asks (get, in) is a search."""
+    """One column of a :class:`SymversLookup` as a mapping: what the prediction asks (get, in) is a search; listing
+    or counting it parses the whole file."""
 
     def __init__(self, lookup: SymversLookup, column: Callable[[tuple[int, str]], _V]) -> None:
         self._lookup = lookup
@@ -125,10 +133,10 @@ class _Column(Mapping[str, _V]):
         return self._column(entry)
 
     def __iter__(self) -> Iterator[str]:
-        raise TypeError("a one-shot Module.symvers lookup answers for named symbols only")
+        return iter(self._lookup.whole().crcs)
 
     def __len__(self) -> int:
-        raise TypeError("a one-shot Module.symvers lookup answers for named symbols only")
+        return len(self._lookup.whole().crcs)
 
 
 def parse_symvers(text: str, path: str) -> Read[Symvers]:
