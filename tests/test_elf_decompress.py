@@ -103,3 +103,12 @@ def test_read_module_bytes(tmp_path):
     assert exc.value.path == "/host/big.ko"
     with pytest.raises(SourceError):
         read_module_bytes(HostPath(str(tmp_path / "absent.ko"), tmp_path / "absent.ko"))
+
+
+def test_a_fifo_in_place_of_a_module_is_an_error_not_a_hang(tmp_path):
+    """Under --root a copied tree may hold a FIFO where an in-tree module or a patch file should be: a plain open()
+    would block until a writer comes."""
+    fifo = tmp_path / "intree.ko"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match="not a regular file"):
+        read_module_bytes(HostPath("/lib/modules/x/kernel/intree.ko", fifo))

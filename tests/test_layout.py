@@ -24,6 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "klpd.errors",
             "klpd.numbers",
             "klpd.root",
+            "klpd.regular_file",
             "klpd.model",
             "klpd.model_loader",
             "klpd.names",

@@ -11,6 +11,7 @@ import sys
 import zlib
 
 from klpd.errors import ElfFormatError, SourceError
+from klpd.regular_file import TooLarge, read_regular
 from klpd.root import HostPath
 
 # Far above any real module (the largest in-tree .ko files are a few tens of MiB with debug info).
@@ -132,10 +133,9 @@ def read_module_bytes(where: HostPath, limit: int = MAX_MODULE_SIZE) -> bytes:
     """
     shown = where.host
     try:
-        with where.local.open("rb") as f:
-            data = f.read(limit + 1)
+        data = read_regular(where, limit)  # a FIFO or device planted under --root: an error, not a hang
+    except TooLarge:
+        raise ElfFormatError(shown, f"file is larger than {limit} bytes; refusing it") from None
     except OSError as exc:
         raise SourceError(shown, exc.strerror or str(exc)) from None
-    if len(data) > limit:
-        raise ElfFormatError(shown, f"file is larger than {limit} bytes; refusing it")
     return decompress(data, shown, limit)

@@ -37,9 +37,9 @@ from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import Problem, Severity
 from klpd.model_loader import KernelBuild
 from klpd.names import module_name_from_filename
+from klpd.regular_file import read_regular
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.modules_dep import ModulesDep
-from klpd.sources.regular_file import read_regular
 from klpd.sources.result import Read, malformed_lines, unreadable
 
 # A module file -> (vermagic, .gnu.linkonce.this_module sh_size); raises KlpdError or OSError for a bad file.

@@ -37,8 +37,8 @@ from klpd.errors import FormatError
 from klpd.model import Problem, Severity
 from klpd.model_loader import ModuleSigning, TrustedKey
 from klpd.numbers import kernel_decimal
+from klpd.regular_file import read_regular
 from klpd.root import HostPath, SystemRoot
-from klpd.sources.regular_file import read_regular
 from klpd.sources.result import Read, malformed_lines, unreadable
 
 T = TypeVar("T")
