@@ -60,7 +60,13 @@ def loader_side(fx: FixtureRoot) -> None:
     Boot."""
     fx.in_tree_module(RELEASE, INTREE)
     fx.module_symvers(
-        RELEASE, [SymversEntry("_printk", 0x92997ED8), SymversEntry("tgt_fn_export", 0x1, "drivers/target_mod")]
+        RELEASE,
+        [
+            SymversEntry("module_layout", 0x9060323F),
+            SymversEntry("klp_enable_patch", 0x5D6A4B21, gpl=True),
+            SymversEntry("_printk", 0x92997ED8),
+            SymversEntry("tgt_fn_export", 0x1, "drivers/target_mod"),
+        ],
     )
     fx.sig_enforce(False)
     fx.lockdown("none")

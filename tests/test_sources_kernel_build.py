@@ -260,3 +260,34 @@ def test_a_one_shot_lookup_is_a_whole_mapping_when_listed(tmp_path) -> None:
     full = read_kernel_build(fx.root, RELEASE, dep, module_build_facts).value
     assert once.exports and full.exports is not None and once.crcs is not None and full.crcs is not None
     assert dict(once.exports) == dict(full.exports) and dict(once.crcs) == dict(full.crcs)
+
+
+def test_a_one_shot_lookup_reads_what_the_full_parse_reads_on_odd_files() -> None:
+    """Duplicates (the last line wins), separators str.splitlines() would cut at, CRLF, and a line holding the
+    symbol's tab-delimited name many times (read once, not once per occurrence)."""
+    from klpd.sources.kernel_build import SymversLookup
+
+    text = (
+        "0x00000001\tfoo\tvmlinux\tEXPORT_SYMBOL\t\n"
+        "0x00000002\tfoo\tfs/x/x\tEXPORT_SYMBOL\t\n"  # foo again: the full parse keeps this one
+        "0x00000003\tbar\u001cbaz\tvmlinux\tEXPORT_SYMBOL\t\n"  # one line for the kernel's "\n"-only reader
+        "0x00000004\tcr\tvmlinux\tEXPORT_SYMBOL\t\r\n"
+        + "0x00000005\tnoise" + "\tfoo" * 5000 + "\n"  # a hostile line: foo between tabs 5,000 times
+    )
+    full = parse_symvers(text, "Module.symvers").value
+    lookup = SymversLookup(text)
+    for symbol in ("foo", "bar\u001cbaz", "bar", "baz", "cr", "noise"):
+        expected = (full.crcs[symbol], full.exporters[symbol]) if symbol in full.crcs else None
+        assert lookup.entry(symbol) == expected, symbol
+
+
+def test_a_module_symvers_without_the_kernels_anchors_is_not_used(tmp_path) -> None:
+    """An empty or cut-short Module.symvers would make every import 'Unknown symbol': it is reported and left
+    out, so the symbols check says unknown instead."""
+    fx = FixtureRoot(tmp_path)
+    fx.module_symvers(RELEASE, [SymversEntry("_printk", 0x92997ED8)])
+    dep = read_modules_dep(fx.root, RELEASE).value
+    for one_shot in (False, True):
+        read = read_kernel_build(fx.root, RELEASE, dep, module_build_facts, one_shot=one_shot)
+        assert read.value.crcs is None and read.value.exports is None
+        assert "symvers_incomplete" in {p.code for p in read.problems}

@@ -79,10 +79,13 @@ def _symvers_line(line: str) -> tuple[str, int, str] | None:
     return symbol, int(crc, 16), module
 
 
-def _module_name(build_path: str) -> str:
-    """The loaded name of a module that Module.symvers names by its build path ("fs/btrfs/btrfs", "vmlinux"):
-    KBUILD_MODNAME, the basename with '-' as '_'."""
-    return module_name_from_filename(build_path)
+# Module.symvers names a module by its build path ("fs/btrfs/btrfs", "vmlinux"); /proc/modules by KBUILD_MODNAME,
+# the basename with '-' as '_'.
+_module_name = module_name_from_filename
+
+# Exports every kernel klpd judges has: module_layout (up to 6.x's modversions) or klp_enable_patch (livepatch).
+# A Module.symvers with neither is not the running kernel's whole export list (empty, cut short, another build).
+_ANCHORS = ("module_layout", "klp_enable_patch")
 
 
 class SymversLookup:
@@ -102,18 +105,20 @@ class SymversLookup:
         return self._all
 
     def entry(self, symbol: str) -> tuple[int, str] | None:
-        """(CRC, exporting module's name) of ``symbol``, or None."""
+        """(CRC, exporting module's name) of ``symbol``, or None. Like the full parse, the last valid line of a
+        symbol listed twice wins; each line is looked at once, so a hostile file costs linear time."""
         if symbol in self._found:
             return self._found[symbol]
         text, needle, found = self._text, f"\t{symbol}\t", None
         at = text.find(needle) if symbol and symbol.isprintable() and " " not in symbol else -1
-        while at >= 0 and found is None:
+        while at >= 0:
             start = text.rfind("\n", 0, at) + 1
             end = text.find("\n", at)
-            line = _symvers_line(text[start : end if end >= 0 else len(text)])
+            end = len(text) if end < 0 else end
+            line = _symvers_line(text[start:end].removesuffix("\r"))
             if line is not None and line[0] == symbol:
                 found = (line[1], _module_name(line[2]))
-            at = text.find(needle, at + 1)
+            at = text.find(needle, end)  # the next line: a line is read once however often the needle occurs in it
         self._found[symbol] = found
         return found
 
@@ -146,7 +151,9 @@ def parse_symvers(text: str, path: str) -> Read[Symvers]:
     modules: dict[str, str] = {}  # one string per module name, not one per line
     skipped = 0
     first: tuple[int, str] | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" alone, as modpost writes them: str.splitlines() would also cut at \x1c-\x1e, \x85...
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if not line:
             continue
         entry = _symvers_line(line)
@@ -240,16 +247,23 @@ def _crcs(root: SystemRoot, release: str, cache: KernelBuildCache, problems: lis
         try:
             if one_shot:
                 lookup = SymversLookup(_symvers_text(path, compressed))
-                return _Column(lookup, lambda e: e[0]), _Column(lookup, lambda e: e[1]), path.host
-            read = cache.symvers(path, compressed)
+                exports: Exports = (_Column(lookup, lambda e: e[0]), _Column(lookup, lambda e: e[1]), path.host)
+            else:
+                read = cache.symvers(path, compressed)
+                problems += read.problems
+                exports = (read.value.crcs, read.value.exporters, read.value.path)
         except FileNotFoundError:
             continue
         except OSError as error:
             problems.append(unreadable(path.host, error))
             found = True
             continue
-        problems += read.problems
-        return read.value.crcs, read.value.exporters, read.value.path
+        if not any(anchor in exports[0] for anchor in _ANCHORS):
+            message = f"lists neither {' nor '.join(_ANCHORS)}: not this kernel's export list; not used"
+            problems.append(_warning("symvers_incomplete", path.host, message))
+            found = True
+            continue
+        return exports
     if not found:
         message = (
             f"missing, and so is {boot.host}: the symbol CRCs of kernel {release} are unknown"
