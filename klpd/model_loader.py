@@ -16,6 +16,9 @@ from enum import StrEnum
 # What the patch file carries (klpd/elf)
 
 
+PKEY_ID_PKCS7 = 2  # struct module_signature id_type: the only one mod_check_sig() accepts
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleSignature:
     """The appended signature (``struct module_signature`` + ``"~Module signature appended~\\n"``, signing.c).
@@ -26,11 +29,14 @@ class ModuleSignature:
     enforced or the kernel is locked down, like an unsigned module.
     """
 
-    id_type: int  # 2 = PKCS#7, the only one the kernel verifies
-    signer: str | None  # the PKCS#7 SignerInfo's issuer (its CN when it has one)
-    key_id: str | None  # hex: the signer's subjectKeyIdentifier, else the certificate serial number
+    id_type: int  # PKEY_ID_PKCS7, the only one the kernel verifies
+    signer: str | None  # the PKCS#7 SignerInfo's issuer (its CN when it has one); None when named by key id
+    key_id: str | None  # hex: the signer's subjectKeyIdentifier (by_key_id), else the certificate serial number
     hash_algorithm: str | None  # e.g. "sha512"
     problem: str | None = None
+    # sign-file -k: the SignerInfo names the key by its subjectKeyIdentifier, which /proc/keys descriptions end with.
+    # Without it (sign-file's default) by issuer and serial number, which /proc/keys does not show.
+    by_key_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)

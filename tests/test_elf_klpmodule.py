@@ -576,7 +576,7 @@ def test_loader_inputs_in_inspect_json_and_text():
     pm = parse_patch_module(signed, "lp.ko")
     (doc,) = inspect_document([pm], [])["files"]
     assert doc["signature"] == {"id_type": 2, "signer": None, "key_id": "e85964fb886cb628080b4ed3089f9aec263c6903",
-                                "hash_algorithm": "sha256", "problem": None}  # fmt: skip
+                                "hash_algorithm": "sha256", "problem": None, "by_key_id": True}  # fmt: skip
     assert doc["versions"][0] == {"name": "module_layout", "crc": 0x70ECA2CA} and doc["imports"] == ["_printk"]
     assert decode(ModuleSignature, doc["signature"]) == pm.signature
     assert decode(tuple[SymbolVersion, ...], doc["versions"]) == pm.versions

@@ -30,8 +30,10 @@ from klpd.predict import PatchInput, SystemState, compute_status
 VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
 KEY_ID = "14011249c2675ea8e5148542202005810584b25f"
 DEBIAN_KEY = TrustedKey(".builtin_trusted_keys", f"Debian Secure Boot Signer 2022 - linux: {KEY_ID}")
-SIGNED = ModuleSignature(2, "Debian Secure Boot Signer 2022 - linux", KEY_ID, "sha256")
+SIGNED = ModuleSignature(2, None, KEY_ID, "sha256", by_key_id=True)  # sign-file -k: the key by its SKID
+BY_SERIAL = ModuleSignature(2, "Debian Secure Boot CA", "00a1b2", "sha256")  # sign-file's default: issuer, serial
 OPEN = ModuleSigning(sig_enforce=False, lockdown="none", keys=(DEBIAN_KEY,), modules_disabled=False)
+ENFORCING = dataclasses.replace(OPEN, sig_enforce=True)
 BUILD = KernelBuild(VERMAGIC, "/lib/modules/6.1.0-test/kernel/fs/xfs/xfs.ko", 1344,
                     {"_printk": 0x92997ED8, "module_layout": 0x1234}, "/usr/src/Module.symvers",
                     {"_printk": "vmlinux", "module_layout": "vmlinux", "xfs_sym": "xfs"})  # fmt: skip
@@ -106,6 +108,22 @@ def test_without_the_kernels_vermagic_only_a_release_mismatch_is_certain() -> No
         (SIGNED, dataclasses.replace(OPEN, sig_enforce=True, keys=None), CheckResult.UNKNOWN, None, None),
         (None, None, CheckResult.UNKNOWN, None, None),
         (dataclasses.replace(SIGNED, problem="sig_len 4096 past the file"), OPEN, CheckResult.FAILS, None, "EBADMSG"),
+        # without sig_enforce (no CONFIG_MODULE_SIG, or unreadable) nothing says the trailer is even looked at
+        (dataclasses.replace(SIGNED, problem="sig_len 4096 past the file"),
+         dataclasses.replace(OPEN, sig_enforce=None), CheckResult.UNKNOWN, None, None),
+        # issuer and serial: /proc/keys shows neither, so which key signed it cannot be told
+        (BY_SERIAL, ENFORCING, CheckResult.UNKNOWN, None, None),
+        # the key is there, but only in .platform (trusted by Debian's kernels, not upstream's) or a keyring klpd
+        # could not place: no verdict either way
+        (SIGNED, dataclasses.replace(ENFORCING, keys=(dataclasses.replace(DEBIAN_KEY, keyring=".platform"),)),
+         CheckResult.UNKNOWN, None, None),
+        (SIGNED, dataclasses.replace(ENFORCING, keys=(dataclasses.replace(DEBIAN_KEY, keyring=""),)),
+         CheckResult.UNKNOWN, None, None),
+        # not PKCS#7: "unsupported crypto", fatal where enforced
+        (ModuleSignature(1, None, None, None), ENFORCING, CheckResult.FAILS,
+         "Loading of module with unsupported crypto is rejected", "EKEYREJECTED"),
+        (None, dataclasses.replace(OPEN, lockdown="confidentiality"), CheckResult.FAILS,
+         "Lockdown: insmod: unsigned module loading is restricted; see man kernel_lockdown.7", "EPERM"),
     ],
 )  # fmt: skip
 def test_signature_policy(signature, signing, result, message, errno) -> None:
@@ -131,7 +149,7 @@ def test_an_import_nobody_loaded_exports_is_an_unknown_symbol() -> None:
     check = checks[LoadCheckName.SYMBOLS]
     assert (check.result, check.errno) == (CheckResult.FAILS, "ENOENT")
     assert check.kernel_message == "lp_loader: Unknown symbol not_exported (err -2)"
-    assert "xfs_sym (exported by 'xfs', not loaded)" in check.detail
+    assert "xfs_sym is not exported (exported by 'xfs', not loaded)" in check.detail
     assert status.reasons == (
         "lp_loader: Unknown symbol not_exported (err -2)",
         "lp_loader: Unknown symbol xfs_sym (err -2)",
@@ -180,8 +198,50 @@ def test_without_module_symvers_the_exports_come_from_kallsyms_ksymtab_entries()
                            host(build=headless, kallsyms=kallsyms))  # fmt: skip
     check = checks[LoadCheckName.SYMBOLS]
     assert (check.result, check.errno) == (CheckResult.FAILS, "ENOENT")
-    assert check.detail.startswith("not exported now (/proc/kallsyms): kallsyms_lookup_name")
+    assert check.detail == "kallsyms_lookup_name is not exported (no __ksymtab_ line in /proc/kallsyms)"
     assert status.reasons == ("lp_loader: Unknown symbol kallsyms_lookup_name (err -2)",)
     # No __ksymtab_ entries at all (no CONFIG_KALLSYMS_ALL, or a kernel that lists none): unknown, not a guess.
     _, checks = judge(patch(imports=("_printk",)), host(build=headless))
     assert checks[LoadCheckName.SYMBOLS].result is CheckResult.UNKNOWN
+
+
+def test_simplify_symbols_order_and_errno() -> None:
+    """The kernel walks the imports in symtab order, goes on after a failure and returns the last failure's error;
+    a changed CRC counts only for a symbol it found exported (an unexported one is -ENOENT, CRC or not)."""
+    module = patch(
+        imports=("_printk", "xfs_sym", "not_exported"),
+        versions=(SymbolVersion("_printk", 0xDEADBEEF), SymbolVersion("xfs_sym", 0xBAD)),
+    )
+    status, checks = judge(module, host())
+    check = checks[LoadCheckName.SYMBOLS]
+    assert (check.kernel_message, check.errno) == ("lp_loader: disagrees about version of symbol _printk", "ENOENT")
+    assert status.reasons == (
+        "lp_loader: disagrees about version of symbol _printk",
+        "lp_loader: Unknown symbol _printk (err -22)",
+        "lp_loader: Unknown symbol xfs_sym (err -2)",  # xfs not loaded: its CRC is never compared
+        "lp_loader: Unknown symbol not_exported (err -2)",
+    )
+
+
+def test_an_export_module_symvers_does_not_list_is_unknown_while_out_of_tree_modules_are_loaded() -> None:
+    state = host(modules=("loaded_mod", "dkms_driver"))
+    state = dataclasses.replace(
+        state, modules={**state.modules, "dkms_driver": dataclasses.replace(state.modules["dkms_driver"], taint="OE")}
+    )
+    _, checks = judge(patch(imports=("_printk", "dkms_export")), state)
+    assert checks[LoadCheckName.SYMBOLS].result is CheckResult.UNKNOWN
+    assert "out-of-tree modules are loaded (dkms_driver)" in checks[LoadCheckName.SYMBOLS].detail
+
+
+def test_a_missing_dependency_is_what_modprobe_would_have_loaded() -> None:
+    module = patch(imports=("_printk", "xfs_sym"))
+    module = dataclasses.replace(module, modinfo=dataclasses.replace(
+        module.modinfo, entries=(*module.modinfo.entries, ("depends", "xfs"))))  # fmt: skip
+    _, checks = judge(module, host())
+    assert "modprobe loads it first, insmod does not" in checks[LoadCheckName.SYMBOLS].detail
+
+
+def test_release_mismatch_is_a_warning_when_the_loader_takes_the_file() -> None:
+    status, _ = judge(patch(vermagic="6.1.0-other SMP preempt mod_unload modversions "), host())
+    assert status.will_load
+    assert [(p.code, p.severity.value) for p in status.problems] == [("release_mismatch", "warning")]

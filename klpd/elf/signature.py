@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from klpd.elf import der
-from klpd.model_loader import ModuleSignature
+from klpd.model_loader import PKEY_ID_PKCS7, ModuleSignature
 
 MAGIC = b"~Module signature appended~\n"
-PKEY_ID_PKCS7 = 2  # MODULE_SIGNATURE_TYPE_PKCS7 since 7.1
 _STRUCT = struct.Struct(">BBBBB3sI")  # struct module_signature
 
 _OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
@@ -101,7 +100,7 @@ def _from_pkcs7(blob: bytes) -> ModuleSignature:
         return _broken(PKEY_ID_PKCS7, f"the PKCS#7 signature signs content of type {exc}, not data: the kernel logs "
                                       "'PKCS7: Invalid module sig (not pkcs7-data)' and refuses the module "
                                       "(EKEYREJECTED)")  # fmt: skip
-    return ModuleSignature(PKEY_ID_PKCS7, signer, key_id, digest)
+    return ModuleSignature(PKEY_ID_PKCS7, signer, key_id, digest, by_key_id=signer is None)
 
 
 class _NotData(Exception):

@@ -17,7 +17,7 @@ from klpd.model import (
     SectionState,
     SymbolStatus,
 )
-from klpd.model_loader import CheckResult
+from klpd.model_loader import PKEY_ID_PKCS7, CheckResult
 from klpd.predict.verdicts import patch_has_problems
 
 
@@ -183,7 +183,7 @@ def _signature_text(m: PatchModule) -> str:
         return "unsigned"
     if sig.problem is not None:
         return f"MALFORMED: {sig.problem}"
-    if sig.id_type != 2:
+    if sig.id_type != PKEY_ID_PKCS7:
         return f"not PKCS#7 (id_type {sig.id_type}): the kernel cannot verify it"
     return f"signer {sig.signer or '-'}, key id {sig.key_id or '-'}, {sig.hash_algorithm or '-'}"
 

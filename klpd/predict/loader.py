@@ -13,23 +13,29 @@ first; all are listed, in its order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from klpd import kernel_messages as msg
-from klpd.model import VMLINUX, ObjectStatus, PatchModule, Problem, SectionState, Severity
+from klpd.model import ObjectStatus, PatchModule, Problem, SectionState, Severity
 from klpd.model_loader import CheckResult, LoadCheck, LoadCheckName
 from klpd.predict.inputs import PatchInput, SystemState
 from klpd.predict.module_signature import signature_check
-from klpd.predict.module_version import crc_mismatches, module_layout_check, vermagic_check
+from klpd.predict.module_symbols import symbols_check
+from klpd.predict.module_version import module_layout_check, vermagic_check
 
-_ENOENT = -2
+
+@dataclass(frozen=True)
+class LoaderVerdict:
+    checks: tuple[LoadCheck, ...]
+    symbol_lines: tuple[str, ...] = ()  # what the kernel logs for the imports it refuses, in symtab order
 
 
-def load_checks(system: SystemState, p: PatchInput, loaded: bool) -> tuple[LoadCheck, ...]:
+def load_checks(system: SystemState, p: PatchInput, loaded: bool) -> LoaderVerdict:
     """The loader's checks of insmod of ``p``'s file, in the kernel's order (none without a file)."""
     module = p.module
     if module is None:
-        return ()
+        return LoaderVerdict(())
     build = system.kernel_build
     checks = [
         _modules_disabled(system),
@@ -40,15 +46,16 @@ def load_checks(system: SystemState, p: PatchInput, loaded: bool) -> tuple[LoadC
     ]
     if not loaded:  # a loaded patch: will_load means "its checks pass", ignoring that it is loaded already
         checks.append(_name(system, p))
-    checks.append(_symbols(system, module))
+    symbols = symbols_check(system, module)
+    checks.append(symbols.check)
     checks.append(_livepatch_tag(module))
     if not loaded:
         checks.append(_transition(system))
-    return tuple(checks)
+    return LoaderVerdict(tuple(checks), symbols.lines)
 
 
 def load_reasons(
-    system: SystemState, p: PatchInput, loaded: bool, objects: Sequence[ObjectStatus], checks: Sequence[LoadCheck]
+    system: SystemState, p: PatchInput, loaded: bool, objects: Sequence[ObjectStatus], verdict: LoaderVerdict
 ) -> tuple[list[str], list[Problem]]:
     """Why insmod of the patch file would fail now, quoting the kernel where it prints a message."""
     module = p.module
@@ -61,10 +68,14 @@ def load_reasons(
     release = module.modinfo.release
     if release is not None and release != system.kernel.release:
         message = f"built for kernel {release} (vermagic '{module.modinfo.vermagic}'), running {system.kernel.release}"
-        problems.append(Problem("release_mismatch", Severity.ERROR, message, subject=module.path))
-    failing = [c for c in checks if c.result is CheckResult.FAILS]
+        # The loader takes it where same_magic() skips the release (it has __versions) and the CRCs agree; a patch
+        # built for another release still replaces that release's functions: worth a warning, not a refusal.
+        vermagic = next((c for c in verdict.checks if c.check is LoadCheckName.VERMAGIC), None)
+        severity = Severity.WARNING if vermagic is not None and vermagic.result is CheckResult.OK else Severity.ERROR
+        problems.append(Problem("release_mismatch", severity, message, subject=module.path))
+    failing = [c for c in verdict.checks if c.result is CheckResult.FAILS]
     before_sections = [c for c in failing if c.check not in _AFTER_SECTIONS]
-    reasons.extend(_check_reasons(system, before_sections, module))
+    reasons.extend(_check_reasons(verdict, before_sections))
     for section in module.sections:
         if section.is_livepatch and section.object is None:
             reasons.append(msg.MALFORMED_SECTION_NAME.format(section=section.name))
@@ -73,7 +84,7 @@ def load_reasons(
             for result in obj.sections:
                 if result.state is SectionState.FAILS:
                     reasons.extend(result.reasons)
-    reasons.extend(_check_reasons(system, [c for c in failing if c.check in _AFTER_SECTIONS], module))
+    reasons.extend(_check_reasons(verdict, [c for c in failing if c.check in _AFTER_SECTIONS]))
     return list(dict.fromkeys(reasons)), problems
 
 
@@ -81,11 +92,11 @@ def load_reasons(
 _AFTER_SECTIONS = frozenset({LoadCheckName.LIVEPATCH_TAG, LoadCheckName.TRANSITION})
 
 
-def _check_reasons(system: SystemState, failing: Sequence[LoadCheck], module: PatchModule) -> list[str]:
+def _check_reasons(verdict: LoaderVerdict, failing: Sequence[LoadCheck]) -> list[str]:
     out: list[str] = []
     for check in failing:
         if check.check is LoadCheckName.SYMBOLS:
-            out.extend(_symbol_lines(system, module))
+            out.extend(verdict.symbol_lines)
         else:
             out.append(check.kernel_message or check.detail)
     return out
@@ -116,83 +127,6 @@ def _name(system: SystemState, p: PatchInput) -> LoadCheck:
     if p.name in system.modules:
         return LoadCheck(check, CheckResult.FAILS, f"a module named '{p.name}' is already loaded", errno="EEXIST")
     return LoadCheck(check, CheckResult.OK, f"no module named '{p.name}' is loaded")
-
-
-def _symbols(system: SystemState, module: PatchModule) -> LoadCheck:
-    """simplify_symbols(): every import must be exported by vmlinux or a loaded module, with the kernel's CRC."""
-    check = LoadCheckName.SYMBOLS
-    lines = _symbol_lines(system, module)
-    mismatches = crc_mismatches(module, system.kernel_build)
-    if mismatches:
-        names = ", ".join(name for name, _ in mismatches)
-        detail = f"built against other symbol versions (CRCs) than this kernel's: {names}"
-        return LoadCheck(check, CheckResult.FAILS, detail, lines[0], "EINVAL")
-    missing = _missing(system, module)
-    if missing is None:
-        detail = "the kernel's exports are unknown: no Module.symvers, and /proc/kallsyms lists no __ksymtab_ entries"
-        return LoadCheck(check, CheckResult.UNKNOWN, detail)
-    if not module.imports:
-        return LoadCheck(check, CheckResult.OK, "imports no symbol")
-    source = "Module.symvers" if system.kernel_build and system.kernel_build.exports is not None else "/proc/kallsyms"
-    if not missing:
-        if module.has_versions and (system.kernel_build is None or system.kernel_build.crcs is None):
-            detail = f"all {len(module.imports)} imports are exported ({source}), but this kernel's CRCs are unknown"
-            return LoadCheck(check, CheckResult.UNKNOWN, detail + " (no Module.symvers): check_version() decides")
-        detail = f"all {len(module.imports)} imports are exported by loaded code ({source})"
-        return LoadCheck(check, CheckResult.OK, detail)
-    exports = system.kernel_build.exports if system.kernel_build else None
-    details = [name + _exporter_note(module, exports.get(name) if exports is not None else None) for name in missing]
-    detail = f"not exported now ({source}): " + ", ".join(details)
-    return LoadCheck(check, CheckResult.FAILS, detail, lines[0], "ENOENT")
-
-
-def _missing(system: SystemState, module: PatchModule) -> list[str] | None:
-    """The imports no loaded object exports; None when that cannot be known (and it imports any)."""
-    if not module.imports:
-        return []
-    exported = _export_test(system)
-    if exported is None:
-        return None
-    return [name for name in module.imports if not exported(name)]
-
-
-# Every livepatch imports it, and the kernel exports it whenever it has livepatch support (kernel/livepatch/core.c
-# EXPORT_SYMBOL_GPL): where /proc/kallsyms lists its __ksymtab_ entry, it lists every export's.
-_KSYMTAB_ANCHOR = "__ksymtab_klp_enable_patch"
-
-
-def _export_test(system: SystemState) -> Callable[[str], bool] | None:
-    """Whether a symbol is exported by vmlinux or a loaded module: from Module.symvers, else from the __ksymtab_
-    entries /proc/kallsyms lists (with CONFIG_KALLSYMS_ALL; seen on Debian 6.1), else None."""
-    exports = system.kernel_build.exports if system.kernel_build else None
-    if exports is not None:
-        return lambda name: _exported(system, exports.get(name))
-    kallsyms = system.kallsyms
-    if kallsyms.find(VMLINUX, _KSYMTAB_ANCHOR).matches == 0:
-        return None
-    modules = tuple(system.modules)
-    return lambda name: any(kallsyms.find(obj, f"__ksymtab_{name}").matches for obj in (VMLINUX, *modules))
-
-
-def _symbol_lines(system: SystemState, module: PatchModule) -> list[str]:
-    """What the kernel logs for the imports it cannot resolve: two lines per CRC mismatch (check_version() warns,
-    simplify_symbols() reports -EINVAL), one per symbol nobody exports (-ENOENT)."""
-    lines = [line for _, pair in crc_mismatches(module, system.kernel_build) for line in pair]
-    missing = _missing(system, module) or []
-    lines += [msg.UNKNOWN_SYMBOL.format(module=module.name, symbol=name, errno=_ENOENT) for name in missing]
-    return lines
-
-
-def _exported(system: SystemState, exporter: str | None) -> bool:
-    return exporter is not None and system.is_loaded(exporter)
-
-
-def _exporter_note(module: PatchModule, exporter: str | None) -> str:
-    if exporter is None:
-        return " (exported by nothing this kernel built)"
-    if exporter in module.modinfo.depends:
-        return f" (exported by '{exporter}', not loaded: modprobe loads it first, insmod does not)"
-    return f" (exported by '{exporter}', not loaded)"
 
 
 def _livepatch_tag(module: PatchModule) -> LoadCheck:

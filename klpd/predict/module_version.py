@@ -5,8 +5,7 @@
   space, so the release word is ignored; without it the whole strings must be equal.
 - module layout: check_modstruct_version() checks the CRC of ``module_layout`` (kernels that export it); since 6.12
   the size of ``.gnu.linkonce.this_module`` must equal the running kernel's sizeof(struct module).
-- symbol versions: check_version() compares the CRC in ``__versions`` with the kernel's for each imported symbol; a
-  mismatch refuses the load, a missing entry only warns once ("no symbol version for").
+(The CRC of each imported symbol, check_version() called from simplify_symbols(), is :mod:`.module_symbols`'.)
 
 The kernel's side comes from files of its release (klpd.sources.kernel_build): the vermagic and the struct module
 size of an in-tree module, the CRCs of Module.symvers. Where those are not readable the check is ``unknown``.
@@ -18,8 +17,6 @@ from klpd import kernel_messages as msg
 from klpd.kernel_version import KernelSemantics
 from klpd.model import PatchModule
 from klpd.model_loader import CheckResult, KernelBuild, LoadCheck, LoadCheckName
-
-_EINVAL = -22
 
 
 def same_magic(have: str, want: str, has_crcs: bool) -> bool:
@@ -85,25 +82,6 @@ def module_layout_check(module: PatchModule, build: KernelBuild | None, semantic
         return LoadCheck(check, CheckResult.OK, "the same as this kernel's: " + ", ".join(compared))
     nothing = "this kernel checks no struct module size (6.12+ do) and no module_layout CRC is to be compared"
     return LoadCheck(check, CheckResult.OK, nothing)
-
-
-def crc_mismatches(module: PatchModule, build: KernelBuild | None) -> list[tuple[str, tuple[str, str]]]:
-    """(symbol, the kernel's two lines) of each import whose __versions CRC differs from the kernel's
-    (check_version() warns, then simplify_symbols() reports the symbol unknown with -EINVAL)."""
-    crcs = build.crcs if build is not None else None
-    if crcs is None or not module.has_versions:
-        return []
-    versioned = _versioned(module)
-    out = []
-    for name in module.imports:
-        crc, kernel_crc = versioned.get(name), crcs.get(name)
-        if crc is not None and kernel_crc is not None and crc != kernel_crc:
-            lines = (
-                msg.SYMBOL_VERSION_MISMATCH.format(module=module.name, symbol=name),
-                msg.UNKNOWN_SYMBOL.format(module=module.name, symbol=name, errno=_EINVAL),
-            )
-            out.append((name, lines))
-    return out
 
 
 def _versioned(module: PatchModule) -> dict[str, int]:

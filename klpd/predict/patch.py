@@ -140,8 +140,8 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
                     subject=obj.name,
                 )
             )
-    checks = load_checks(system, p, loaded and not p.candidate)
-    reasons, load_problems = load_reasons(system, p, loaded and not p.candidate, objects, checks)
+    verdict = load_checks(system, p, loaded and not p.candidate)
+    reasons, load_problems = load_reasons(system, p, loaded and not p.candidate, objects, verdict)
     problems.extend(load_problems)
     problems.extend(_file_problems(system, p, loaded))
     return PatchStatus(
@@ -158,6 +158,6 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
         reasons=tuple(reasons),
         objects=objects,
         problems=tuple(problems),
-        load_checks=checks,
+        load_checks=verdict.checks,
         signature=module.signature if module else None,
     )
