@@ -152,7 +152,9 @@ class Modinfo:
 
     @property
     def livepatch(self) -> bool:
-        return self.get("livepatch") == "Y"
+        # check_modinfo_livepatch(): get_modinfo(info, "livepatch") marks it, whatever the value (kpatch and
+        # klp-build write "Y").
+        return self.get("livepatch") is not None
 
     @property
     def name(self) -> str | None:

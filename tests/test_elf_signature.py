@@ -203,3 +203,13 @@ def test_every_truncation_and_byte_of_the_pkcs7_gives_a_result_not_an_exception(
         broken[i] ^= 0xFF
         sig, _ = parse_module_signature(append(b"module", bytes(broken)))
         assert sig is not None
+
+
+def test_a_hostile_object_identifier_is_a_problem_not_an_exception() -> None:
+    """An OID arc of thousands of digits: Python's int-to-str limit would raise, and shifting costs quadratic time."""
+    from klpd.elf import der
+
+    body = b"\x2a" + b"\xff" * 20_000 + b"\x01"
+    element = der.Element(der.OID, 2, 2 + len(body))
+    with pytest.raises(der.DerError, match="arc longer than"):
+        der.oid(b"\x06\x00" + body, element)

@@ -245,3 +245,12 @@ def test_release_mismatch_is_a_warning_when_the_loader_takes_the_file() -> None:
     status, _ = judge(patch(vermagic="6.1.0-other SMP preempt mod_unload modversions "), host())
     assert status.will_load
     assert [(p.code, p.severity.value) for p in status.problems] == [("release_mismatch", "warning")]
+
+
+def test_any_livepatch_modinfo_value_marks_a_livepatch_module() -> None:
+    """check_modinfo_livepatch() tests get_modinfo(info, "livepatch") alone: "livepatch=N" marks it too."""
+    module = patch()
+    entries = tuple((k, "N" if k == "livepatch" else v) for k, v in module.modinfo.entries)
+    module = dataclasses.replace(module, modinfo=dataclasses.replace(module.modinfo, entries=entries))
+    _, checks = judge(module, host())
+    assert checks[LoadCheckName.LIVEPATCH_TAG].result is CheckResult.OK

@@ -92,18 +92,24 @@ def expect(buf: bytes, pos: int, end: int, tag: int, what: str) -> tuple[Element
     return element, after
 
 
+_ARC_BYTES = 9  # 63 bits: every arc of a real OID fits, and str() of it stays far below Python's digit limit
+
+
 def oid(buf: bytes, element: Element) -> str:
     """An OBJECT IDENTIFIER's contents in dotted form."""
     body = buf[element.start : element.end]
     if not body or body[-1] & 0x80:
         raise DerError(f"malformed object identifier at offset {element.start}")
     arcs: list[int] = []
-    value = 0
+    value = length = 0
     for byte in body:
         value = (value << 7) | (byte & 0x7F)
+        length += 1
+        if length > _ARC_BYTES:  # no registered algorithm has such an arc; a hostile one would cost quadratic time
+            raise DerError(f"object identifier arc longer than {_ARC_BYTES} bytes at offset {element.start}")
         if not byte & 0x80:
             arcs.append(value)
-            value = 0
+            value = length = 0
     first = min(arcs[0] // 40, 2)
     return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
 

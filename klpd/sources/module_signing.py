@@ -1,7 +1,8 @@
 """The host's module-signature policy: what ``module_sig_check()`` (kernel/module/signing.c) will demand of a patch.
 
 - ``/sys/module/module/parameters/sig_enforce``: ``Y``/``N`` (param_get_bool()); exists iff CONFIG_MODULE_SIG
-  (3.7+). Absent: the kernel verifies no signature, so it is None, not a problem.
+  (3.7+). Absent (no CONFIG_MODULE_SIG) or unreadable: None; only unreadable is a problem. The prediction cannot
+  tell them apart from the value alone and says unknown.
 - ``/sys/kernel/security/lockdown``: ``none [integrity] confidentiality``, the current level in brackets
   (security/lockdown/lockdown.c lockdown_read(), 5.4+). Absent: no lockdown LSM, or securityfs not mounted.
 - ``/proc/keys`` (security/keys/proc.c proc_keys_show(), CONFIG_KEYS): the keys the reader may view, which for the
