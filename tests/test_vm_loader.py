@@ -75,7 +75,7 @@ def refusals(vermagic: str) -> dict[str, Refusal]:
             ("Loading of unsigned module is rejected",),
         ),
         "foreign_key_enforced": Refusal(
-            "enforcing", "insmod_foreign_key", "klpvm_ld_foreign_key", "signature", "EKEYREJECTED",
+            "enforcing", "insmod_foreign_keyid", "klpvm_ld_foreign_keyid", "signature", "EKEYREJECTED",
             ("Loading of module with unavailable key is rejected",),
         ),
     }  # fmt: skip
@@ -107,9 +107,12 @@ def runs(env):
         """,
         "enforcing": f"""
             step sig_enforce cat /sys/module/module/parameters/sig_enforce
-            step check klpctl check --json {ko("klpvm_ld_plain")} {ko("klpvm_ld_foreign_key")}
+            step keys cat /proc/keys
+            step check klpctl check --json {ko("klpvm_ld_plain")} {ko("klpvm_ld_foreign_key")} \
+                {ko("klpvm_ld_foreign_keyid")}
             step insmod_unsigned insmod {ko("klpvm_ld_plain")}
             step insmod_foreign_key insmod {ko("klpvm_ld_foreign_key")}
+            step insmod_foreign_keyid insmod {ko("klpvm_ld_foreign_keyid")}
         """,
     }
     return env.run_many(scripts, kernel_args={"enforcing": ["module.sig_enforce=1"]})
@@ -145,8 +148,8 @@ def test_check_predicts_loader_refusal(env, runs, vermagic, case):
     - name_clash (klpvm_ld_plain again, while loaded): nothing; insmod: File exists (EEXIST)
     - unsigned_enforced (``module.sig_enforce=1``): ``Loading of unsigned module is rejected``; insmod: Key was
       rejected by service (EKEYREJECTED)
-    - foreign_key_enforced: ``Loading of module with unavailable key is rejected``; insmod: Key was rejected by
-      service (EKEYREJECTED)
+    - foreign_key_enforced (signed with ``sign-file -k``: the key named by its subjectKeyIdentifier): ``Loading of
+      module with unavailable key is rejected``; insmod: Key was rejected by service (EKEYREJECTED)
     """
     refusal = refusals(vermagic)[case]
     lines = kernel_refused(runs, refusal, env.built.loader_patch(refusal.module))
@@ -178,6 +181,17 @@ def test_check_predicts_loader_accepts(runs, module):
     compare.assert_load_predicted(result.step("check").json(), module)
 
 
+def test_a_signer_named_by_issuer_and_serial_is_unknown_not_guessed(env, runs):
+    """sign-file's default names the key by issuer and serial number; /proc/keys shows neither, so klpd cannot tell
+    whether a trusted keyring holds it and says unknown. The kernel, which can, refuses this one."""
+    insmod = runs["enforcing"].step("insmod_foreign_key")
+    assert insmod.rc != 0 and "Loading of module with unavailable key is rejected" in insmod.dmesg, insmod.dmesg
+    assert runs["enforcing"].step("keys").rc == 0  # klpctl ran as root: the keys were readable
+    doc = runs["enforcing"].step("check").json()
+    signature = compare.load_check(compare.patch(doc, "klpvm_ld_foreign_key"), "signature")
+    assert signature["result"] == "unknown" and "issuer and serial" in signature["detail"], signature
+
+
 def test_signature_read_from_the_file(env, runs):
     """klpd reads the signature sign-file appended: PKCS#7, the signer's CN, its serial (no SKID in the
     SignerInfo without ``sign-file -k``), sha256; and none for the unsigned patch."""
@@ -190,7 +204,10 @@ def test_signature_read_from_the_file(env, runs):
     assert signature["hash_algorithm"] == "sha256"
     assert signature["problem"] is None
     serial = loader.cert_serial(loader.foreign_cert(env.built.loader))
-    assert int(signature["key_id"].replace(":", ""), 16) == serial, signature
+    assert int(signature["key_id"], 16) == serial and signature["by_key_id"] is False, signature
+    by_key_id = compare.patch(doc, "klpvm_ld_foreign_keyid")["signature"]
+    assert by_key_id["key_id"] == loader.cert_skid(loader.foreign_cert(env.built.loader)), by_key_id
+    assert by_key_id["by_key_id"] is True and by_key_id["signer"] is None, by_key_id
 
 
 def test_without_headers_exports_come_from_kallsyms_and_crcs_are_unknown(env, runs, vermagic):
@@ -206,4 +223,4 @@ def test_without_headers_exports_come_from_kallsyms_and_crcs_are_unknown(env, ru
     assert "/proc/kallsyms" in symbols["detail"], symbols
     crc = {c["check"]: c for c in compare.patch(doc, "klpvm_ld_crc")["load_checks"]}["symbols"]
     assert crc["result"] == "unknown", crc
-    assert "CRCs are unknown" in crc["detail"], crc
+    assert "this kernel's CRC is unknown" in crc["detail"], crc

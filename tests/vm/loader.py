@@ -10,7 +10,9 @@ modules (modules.py), then changed here the way a real mistake would change it, 
 - ``klpvm_ld_crc``: the ``__versions`` CRC of ``_printk`` changed (a patch built against other headers).
 - ``klpvm_ld_unexported``: calls ``kallsyms_lookup_name()``, which vmlinux does not export.
 - ``klpvm_ld_foreign_key``: signed by the kernel's ``scripts/sign-file`` with a key made here, which no keyring
-  of the guest holds.
+  of the guest holds; the SignerInfo names it by issuer and serial (sign-file's default).
+- ``klpvm_ld_foreign_keyid``: the same patch under its own name, signed with the same key by ``sign-file -k``: the
+  SignerInfo names the key by its subjectKeyIdentifier, which /proc/keys descriptions end with.
 - ``klpvm_ld_plain``: untouched (and unsigned).
 
 The ``.modinfo`` rewrite goes through ``objcopy --update-section`` (a relocatable .ko: nothing refers to the
@@ -37,6 +39,7 @@ SOURCES = {
     "klpvm_ld_crc": "",
     "klpvm_ld_unexported": "#define KLPVM_UNEXPORTED\n",
     "klpvm_ld_foreign_key": "",
+    "klpvm_ld_foreign_keyid": "",
 }
 TEMPLATE = "klpvm_loader_patch.h"
 CRC_SYMBOL = "_printk"
@@ -99,14 +102,21 @@ def cert_serial(cert: Path) -> int:
     return int(out.strip().split("=", 1)[1], 16)
 
 
-def _sign(kernel: KernelImage, ko: Path, dest: Path, keys: Path) -> None:
+def _sign(kernel: KernelImage, ko: Path, dest: Path, keys: Path, *, key_id: bool = False) -> None:
     key, cert = keys / "untrusted_key.pem", foreign_cert(keys)
-    run([
-        "openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "36500", "-batch",
-        "-subj", f"/CN={FOREIGN_SIGNER}", "-addext", "keyUsage=digitalSignature",
-        "-keyout", key, "-out", cert,
-    ])  # fmt: skip
-    run([kernel.headers / "scripts" / "sign-file", "sha256", key, cert, ko, dest])
+    if not key.exists():
+        run([
+            "openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "36500", "-batch",
+            "-subj", f"/CN={FOREIGN_SIGNER}", "-addext", "keyUsage=digitalSignature",
+            "-keyout", key, "-out", cert,
+        ])  # fmt: skip
+    run([kernel.headers / "scripts" / "sign-file", *(["-k"] if key_id else []), "sha256", key, cert, ko, dest])
+
+
+def cert_skid(cert: Path) -> str:
+    """The certificate's subjectKeyIdentifier, lower-case hex without colons."""
+    out = run(["openssl", "x509", "-noout", "-ext", "subjectKeyIdentifier", "-in", cert])
+    return out.strip().splitlines()[-1].strip().replace(":", "").lower()
 
 
 def derive(kernel: KernelImage, src: Path, dest: Path) -> None:
@@ -123,3 +133,4 @@ def derive(kernel: KernelImage, src: Path, dest: Path) -> None:
     with_vermagic(built["klpvm_ld_vermagic_release"], other_release(vermagic), dest / "klpvm_ld_vermagic_release.ko")
     (dest / "klpvm_ld_crc.ko").write_bytes(with_crc(built["klpvm_ld_crc"].read_bytes(), CRC_SYMBOL))
     _sign(kernel, built["klpvm_ld_foreign_key"], dest / "klpvm_ld_foreign_key.ko", dest)
+    _sign(kernel, built["klpvm_ld_foreign_keyid"], dest / "klpvm_ld_foreign_keyid.ko", dest, key_id=True)
