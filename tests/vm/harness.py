@@ -155,7 +155,7 @@ class Environment:
         return VM(self, **kwargs)  # type: ignore[arg-type]
 
     def run_many(
-        self, scripts: Mapping[str, str], timeout: float = 300.0, kernel_args: Mapping[str, Sequence[str]] = {}
+        self, scripts: Mapping[str, str], timeout: float = 300.0, kernel_args: Mapping[str, Sequence[str]] | None = None
     ) -> Runs:
         """Run independent scripts, one pristine boot each, :func:`parallel_boots` at a time.
 
@@ -165,7 +165,7 @@ class Environment:
         """
         with ThreadPoolExecutor(parallel_boots()) as pool:
             futures = {
-                name: pool.submit(self.vm().run, script, timeout, kernel_args.get(name, ()))
+                name: pool.submit(self.vm().run, script, timeout, (kernel_args or {}).get(name, ()))
                 for name, script in scripts.items()
             }
             wait(futures.values())
