@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from klpd.errors import ConfigError
 from klpd.numbers import kernel_decimal
 from klpd.protocol import DEFAULT_SOCKET
+from klpd.regular_file import read_regular
 from klpd.root import DEFAULT_PATCH_DIRS, SystemRoot
 
 DEFAULT_CONFIG_PATH = Path("/etc/klpd/klpd.toml")
@@ -322,10 +323,14 @@ def _unknown_key_problem(key: str, value: object) -> str:
     return "unknown setting" + hint
 
 
+# A configuration is a few hundred bytes; a file far larger is not one.
+CONFIG_LIMIT = 1024 * 1024
+
+
 def load_config(path: Path | str) -> Config:
     """Read and validate a configuration file. Every failure, unreadable file included, is a ConfigError."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_regular(Path(path), CONFIG_LIMIT)  # a FIFO or /dev/zero as the config: an error, not a hang
     except OSError as e:
         raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
     try:
