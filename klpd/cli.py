@@ -140,8 +140,11 @@ def _run_status(args: argparse.Namespace) -> int:
         try:
             doc = fetch_status(socket_path)
             status = json_out.status_from_document(doc)
-        except (DaemonUnavailable, ValueError) as exc:
-            print(f"klpctl: no klpd daemon answers on {socket_path} ({exc}); computing directly", file=sys.stderr)
+        # Whatever answers on the socket may be anything: a document the model cannot hold is no daemon's answer.
+        except (DaemonUnavailable, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            reason = text_out.escape(str(exc)[:300])
+            print(f"klpctl: no klpd daemon answers on {text_out.escape(socket_path)} ({reason}); computing directly",
+                  file=sys.stderr)  # fmt: skip
         else:
             if args.json:
                 print(json_out.dumps(doc), end="")
@@ -211,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escaped(exc: Exception) -> str:
+    from klpd.outputs.text import escape  # on an error only: a good run does not pay for it
+
+    return escape(str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -220,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except UsageError as exc:
-        print(f"klpctl: {exc}", file=sys.stderr)
+        print(f"klpctl: {_escaped(exc)}", file=sys.stderr)
         return ExitCode.USAGE
     except KlpdError as exc:
-        print(f"klpctl: {exc}", file=sys.stderr)
+        print(f"klpctl: {_escaped(exc)}", file=sys.stderr)
         return ExitCode.UNDETERMINED
     except BrokenPipeError:
         return ExitCode.OK

@@ -1,4 +1,9 @@
-"""Human output of ``klpctl``: a compact table first, details only where something needs a look."""
+"""Human output of ``klpctl``: a compact table first, details only where something needs a look.
+
+Everything shown comes from files, sysfs, the kernel log or the daemon's socket, any of which may carry terminal
+escape sequences (a patch named ``\x1b]0;...``, a path with a newline): every line is passed through
+:func:`escape` before it reaches the terminal. The JSON output needs nothing of the kind (json.dumps escapes).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +26,35 @@ from klpd.model_loader import PKEY_ID_PKCS7, CheckResult
 from klpd.predict.verdicts import patch_has_problems
 
 
+def _escape_table() -> dict[int, str]:
+    # C0 controls, DEL and C1 controls (0x9b is a one-byte CSI to some terminals), and the Unicode bidirectional
+    # overrides and isolates, which reorder what follows them on the screen.
+    codes = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
+    table = {c: f"\\x{c:02x}" for c in codes}
+    table.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character spelt out (ESC as ``\\x1b``, a newline as ``\\x0a``); a backslash is
+    left as it is, so escaping twice changes nothing and paths stay readable."""
+    return text.translate(_ESCAPES)
+
+
+def _join(lines: Iterable[str]) -> str:
+    """The lines of a rendering as terminal text: each escaped, each ended by a newline."""
+    return "".join(escape(line) + "\n" for line in lines)
+
+
 def _yn(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
 def _table(rows: list[list[str]]) -> list[str]:
+    rows = [[escape(cell) for cell in row] for row in rows]  # widths as they will show
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
@@ -45,11 +74,11 @@ def _object_summary(obj: ObjectStatus) -> str:
     )
 
 
-def _problem_line(problem: Problem) -> str:
-    line = f"{problem.severity.value}: {problem.message}"
+def _problem_lines(problem: Problem, indent: str) -> list[str]:
+    lines = [f"{indent}{problem.severity.value}: {problem.message}"]
     if problem.kernel_message:
-        line += f"\n      kernel: {problem.kernel_message}"
-    return line
+        lines.append(f"      kernel: {problem.kernel_message}")
+    return lines
 
 
 def render_status(status: HostStatus, verbose: bool = False) -> str:
@@ -88,8 +117,9 @@ def render_status(status: HostStatus, verbose: bool = False) -> str:
             lines += ["", *render_patch_details(p, verbose)]
     if status.problems:
         lines += ["", "host problems:"]
-        lines += [f"  {_problem_line(x)}" for x in status.problems]
-    return "\n".join(lines) + "\n"
+        for x in status.problems:
+            lines += _problem_lines(x, "  ")
+    return _join(lines)
 
 
 def _load_check_lines(p: PatchStatus, verbose: bool) -> list[str]:
@@ -108,7 +138,7 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
         lines.append("  will NOT load:")
         lines += [f"    {r}" for r in p.reasons]
     for x in p.problems:
-        lines.append(f"  {_problem_line(x)}")
+        lines += _problem_lines(x, "  ")
     lines += _load_check_lines(p, verbose)
     for obj in p.objects:
         states = Counter(s.state for s in obj.sections)
@@ -168,13 +198,16 @@ def render_inspect(modules: Iterable[PatchModule], problems: Iterable[Problem], 
             lines.append(f"    [{idx}] {s.name}  {where}  {parsed}")
         if m.problems:
             lines.append(f"  problems ({len(m.problems)}):")
-            lines += [f"    {_problem_line(x)}" for x in m.problems]
+            for x in m.problems:
+                lines += _problem_lines(x, "    ")
         else:
             lines.append("  problems: none")
         lines.append("")
     for x in problems:
-        lines.append(_problem_line(x))
-    return "\n".join(lines).rstrip("\n") + "\n"
+        lines += _problem_lines(x, "")
+    while lines and not lines[-1]:
+        lines.pop()
+    return _join(lines) if lines else "\n"
 
 
 def _signature_text(m: PatchModule) -> str:
@@ -189,9 +222,12 @@ def _signature_text(m: PatchModule) -> str:
 
 
 def _when(value: object) -> str:
-    if not isinstance(value, int | float):
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    except (OverflowError, OSError, ValueError):  # a peer's 1e300 or NaN
+        return "-"
 
 
 def _dicts(value: object) -> list[dict[str, Any]]:
@@ -200,7 +236,7 @@ def _dicts(value: object) -> list[dict[str, Any]]:
 
 def render_daemon(daemon: Mapping[str, Any], events: int = 5) -> str:
     """What only the daemon knows: transitions and their blocking tasks, refusals seen, source health, last events."""
-    if not daemon:
+    if not daemon or not isinstance(daemon, Mapping):
         return ""
     lines = [
         "",
@@ -217,7 +253,8 @@ def render_daemon(daemon: Mapping[str, Any], events: int = 5) -> str:
             lines.append(f"    pid {task.get('pid')} tid {task.get('tid')} {task.get('comm')}")
         if t.get("tasks_note"):
             lines.append(f"    {t['tasks_note']}")
-        for signal in t.get("signals") or []:
+        signals = t.get("signals")
+        for signal in signals if isinstance(signals, list) else []:
             lines.append(f"    kernel: {signal}")
     for r in _dicts(daemon.get("refusals")):
         lines.append(f"  REFUSED {_when(r.get('time'))}: module '{r.get('module')}' by patch '{r.get('patch')}'")
@@ -235,4 +272,4 @@ def render_daemon(daemon: Mapping[str, Any], events: int = 5) -> str:
     if recent:
         lines.append("  last events:")
         lines += [f"    {_when(e.get('time'))} {e.get('source')}: {e.get('message') or e.get('kind')}" for e in recent]
-    return "\n".join(lines) + "\n"
+    return _join(lines)
