@@ -164,16 +164,24 @@ def _string(where: _Where, value: object) -> str:
     return value
 
 
-def _seconds(where: _Where, value: object, *, minimum: float, inclusive: bool) -> float:
+# The range of each duration, in seconds: what the daemon can honour. Timeouts of select() and threading are
+# bounded (about 24.8 days as milliseconds in a C int: 2147484 s raised OverflowError in the loop); a resync more
+# often than once a second would spend the daemon on re-reading what no event changed; a coalescing wait of a
+# minute is already a minute of stale answers.
+RESYNC_INTERVAL_RANGE = (1.0, 86400.0)
+COALESCE_DELAY_RANGE = (0.0, 60.0)
+
+
+def _seconds(where: _Where, value: object, *, bounds: tuple[float, float]) -> float:
     # bool is an int to Python; `interval = true` is a mistake, not 1 second.
     if isinstance(value, bool) or not isinstance(value, int | float):
         where.fail(f"must be a number of seconds, not {_type_name(value)}")
     seconds = float(value)
     if not math.isfinite(seconds):
         where.fail(f"must be a finite number of seconds, not {value}")
-    if seconds < minimum or (not inclusive and seconds == minimum):
-        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-        where.fail(f"must be {bound} seconds, not {value}")
+    low, high = bounds
+    if not low <= seconds <= high:
+        where.fail(f"must be from {low:g} to {high:g} seconds, not {value}")
     return seconds
 
 
@@ -287,8 +295,8 @@ _SETTINGS: Mapping[str, Callable[[_Where, object], Any]] = {
     "textfile_dir": lambda w, v: _absolute_path(w, v, optional=True),
     "root": _root,
     "patch_dirs": _patch_dirs,
-    "resync_interval": lambda w, v: _seconds(w, v, minimum=0.0, inclusive=False),
-    "coalesce_delay": lambda w, v: _seconds(w, v, minimum=0.0, inclusive=True),
+    "resync_interval": lambda w, v: _seconds(w, v, bounds=RESYNC_INTERVAL_RANGE),
+    "coalesce_delay": lambda w, v: _seconds(w, v, bounds=COALESCE_DELAY_RANGE),
     "kernel_log": _choice(KernelLogSource),
     "uevent_source": _choice(UeventSource),
     "log_level": _choice(LogLevel),

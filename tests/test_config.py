@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,37 @@ def test_intervals_accept_integers_and_fractions():
     config = parse_config("resync_interval = 60\ncoalesce_delay = 0")
     assert config.resync_interval == 60.0
     assert config.coalesce_delay == 0.0
+    assert parse_config("resync_interval = 1\ncoalesce_delay = 60").coalesce_delay == 60.0
+    assert parse_config("resync_interval = 86400.0\ncoalesce_delay = 0.001").resync_interval == 86400.0
+
+
+def test_the_longest_durations_are_ones_the_loop_can_wait():
+    """select() takes its timeout as milliseconds in a C int; threading's waits stop at TIMEOUT_MAX."""
+    import threading
+
+    from klpd.config import COALESCE_DELAY_RANGE, RESYNC_INTERVAL_RANGE
+
+    longest = max(RESYNC_INTERVAL_RANGE[1], COALESCE_DELAY_RANGE[1])
+    assert longest * 1000 < 2**31 - 1 and longest < threading.TIMEOUT_MAX
+
+
+def test_an_out_of_range_config_on_sighup_keeps_the_running_one(tmp_path):
+    from klpd.daemon.loop import Agent
+    from klpd.daemon.systemd_notify import Notifier
+
+    path = tmp_path / "klpd.toml"
+    path.write_text("resync_interval = 600\n")
+    running = load_config(path)
+    agent = Agent(replace(running, root=tmp_path, socket=None, listen=None), sources=[],
+                  config_loader=lambda: load_config(path), notifier=Notifier(send=lambda s: None))  # fmt: skip
+    try:
+        for bad in ("resync_interval = 2147484\n", "resync_interval = 1e-300\n", "coalesce_delay = 1e9\n"):
+            path.write_text(bad)
+            assert agent.reload() is False
+            assert agent.config.resync_interval == 600 and agent.config.coalesce_delay == 0.25
+            assert agent.schedule.resync_interval == 600
+    finally:
+        agent.close()
 
 
 # --- each kind of bad input names file and key ----------------------------------------------------------------
@@ -142,12 +174,17 @@ def test_intervals_accept_integers_and_fractions():
         ('patch_dirs = ["/ok", "relative/{release}"]', "patch_dirs[1]", "absolute path"),
         ('patch_dirs = ["/lib/modules/{kernel}"]', "patch_dirs[0]", "only placeholder is {release}"),
         ("patch_dirs = [1]", "patch_dirs[0]", "must be a string"),
-        ("resync_interval = -5", "resync_interval", "must be > 0 seconds, not -5"),
-        ("resync_interval = 0", "resync_interval", "must be > 0 seconds"),
+        ("resync_interval = -5", "resync_interval", "must be from 1 to 86400 seconds, not -5"),
+        ("resync_interval = 0", "resync_interval", "must be from 1 to 86400 seconds"),
+        ("resync_interval = 1e-300", "resync_interval", "must be from 1 to 86400 seconds, not 1e-300"),
+        # select() and threading take at most ~24.8 days: this one raised OverflowError in the loop
+        ("resync_interval = 2147484", "resync_interval", "must be from 1 to 86400 seconds, not 2147484"),
+        ("resync_interval = 1e308", "resync_interval", "must be from 1 to 86400 seconds"),
+        ("coalesce_delay = 61", "coalesce_delay", "must be from 0 to 60 seconds, not 61"),
         ("resync_interval = inf", "resync_interval", "finite"),
         ('resync_interval = "5m"', "resync_interval", "number of seconds, not a string"),
         ("resync_interval = true", "resync_interval", "number of seconds, not a boolean"),
-        ("coalesce_delay = -0.1", "coalesce_delay", "must be >= 0 seconds"),
+        ("coalesce_delay = -0.1", "coalesce_delay", "must be from 0 to 60 seconds"),
         ("coalesce_delay = nan", "coalesce_delay", "finite"),
         ('kernel_log = "dmesg"', "kernel_log", "not one of 'auto', 'journal', 'kmsg', 'none'"),
         ('uevent_source = "netlink"', "uevent_source", "not one of 'auto', 'udev', 'kernel', 'none'"),
