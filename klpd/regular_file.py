@@ -61,6 +61,8 @@ def read_regular(path: HostPath | Path | str, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_regular_text(path: HostPath | Path | str, limit: int = ATTRIBUTE_LIMIT, errors: str = "surrogateescape") -> str:
+def read_regular_text(
+    path: HostPath | Path | str, limit: int = ATTRIBUTE_LIMIT, errors: str = "surrogateescape"
+) -> str:
     """:func:`read_regular` decoded as UTF-8 (undecodable bytes kept by ``errors``)."""
     return read_regular(path, limit).decode("utf-8", errors)

@@ -15,6 +15,7 @@ import os
 from klpd.errors import FormatError, SourceError
 from klpd.model import KernelInfo, Problem, Severity
 from klpd.numbers import kernel_decimal
+from klpd.regular_file import read_regular_text
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, os_reason, unreadable
 
@@ -36,7 +37,7 @@ def parse_tainted(text: str, path: str) -> int:
 def _release(root: SystemRoot, problems: list[Problem]) -> str:
     path = root.osrelease
     try:
-        return parse_osrelease(path.local.read_text(encoding="utf-8", errors="replace"), path.host)
+        return parse_osrelease(read_regular_text(path, errors="replace"), path.host)
     except (OSError, FormatError) as error:
         if not root.is_live:
             reason = os_reason(error) if isinstance(error, OSError) else error.reason
@@ -49,7 +50,7 @@ def _release(root: SystemRoot, problems: list[Problem]) -> str:
 
 def _tainted(path: HostPath, problems: list[Problem]) -> int | None:
     try:
-        return parse_tainted(path.local.read_text(encoding="utf-8", errors="replace"), path.host)
+        return parse_tainted(read_regular_text(path, errors="replace"), path.host)
     except OSError as error:
         problems.append(unreadable(path.host, error))
     except FormatError as error:

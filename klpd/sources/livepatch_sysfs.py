@@ -20,6 +20,7 @@ from typing import TypeVar
 from klpd.errors import FormatError
 from klpd.model import Problem, Severity, SysfsFunction, SysfsObject, SysfsPatch
 from klpd.numbers import kernel_decimal
+from klpd.regular_file import read_regular_text
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, unreadable
 
@@ -61,8 +62,7 @@ class _PatchReader:
 
     def text(self, path: HostPath, required: bool) -> str | None:
         try:
-            with open(path.local, encoding="utf-8", errors="surrogateescape") as stream:
-                return stream.read()
+            return read_regular_text(path)  # a FIFO or device planted under --root: a problem, not a hang
         except FileNotFoundError:
             self.vanished = self.vanished or not self.directory.local.is_dir()
             if required and not self.vanished:

@@ -15,10 +15,13 @@ from pathlib import Path
 
 from klpd.model import Problem, Severity
 from klpd.names import module_name_from_filename
+from klpd.regular_file import read_regular_text
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, malformed_lines, unreadable
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+# A distribution kernel's modules.dep is under 1 MiB (6,000 modules); this leaves room for any real one.
+MODULES_DEP_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def read_modules_dep(root: SystemRoot, release: str) -> Read[ModulesDep]:
     """modules.dep of ``release`` under ``root``; missing or unreadable: empty, with a Problem."""
     path = root.modules_dep(release)
     try:
-        text = path.local.read_text(encoding="utf-8", errors="surrogateescape")
+        text = read_regular_text(path, MODULES_DEP_LIMIT)
     except FileNotFoundError:
         problem = Problem(
             "source_missing",

@@ -17,10 +17,13 @@ from __future__ import annotations
 from klpd.errors import SourceError
 from klpd.model import LoadedModule, Problem, Severity
 from klpd.numbers import kernel_decimal
+from klpd.regular_file import read_regular_text
 from klpd.root import SystemRoot
 from klpd.sources.result import Read, malformed_lines, os_reason
 
 _PERMANENT = "[permanent]"
+# m_show() prints ~100 bytes per module; tens of thousands of modules fit many times over.
+PROC_MODULES_LIMIT = 64 * 1024 * 1024
 
 
 def parse_module_line(line: str) -> LoadedModule | None:
@@ -71,7 +74,7 @@ def read_proc_modules(root: SystemRoot) -> Read[dict[str, LoadedModule]]:
     are loaded decides every patch's verdict: without it none can be given)."""
     path = root.proc_modules
     try:
-        text = path.local.read_text(encoding="utf-8", errors="surrogateescape")
+        text = read_regular_text(path, PROC_MODULES_LIMIT)
     except FileNotFoundError:
         problem = Problem(
             "source_missing",

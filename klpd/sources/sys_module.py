@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from klpd.model import Problem
 from klpd.names import KLP_RELA_PREFIX
+from klpd.regular_file import read_regular_text
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, unreadable
 
@@ -43,8 +44,7 @@ def parse_attribute(text: str) -> str:
 
 def _attribute(path: HostPath, problems: list[Problem]) -> str | None:
     try:
-        with open(path.local, encoding="utf-8", errors="surrogateescape") as stream:
-            return parse_attribute(stream.read())
+        return parse_attribute(read_regular_text(path))  # a FIFO planted under --root: a problem, not a hang
     except FileNotFoundError:
         return None
     except OSError as error:

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, replace
 from klpd.errors import SourceError
 from klpd.model import VMLINUX, Occurrences, Problem
 from klpd.names import KLP_SYM_PREFIX
+from klpd.regular_file import read_regular
 from klpd.root import HostPath, SystemRoot
-from klpd.sources.kallsyms.layout import decode, encode, module_part_start
+from klpd.sources.kallsyms.layout import KALLSYMS_LIMIT, decode, encode, module_part_start
 from klpd.sources.kallsyms.memo import KallsymsMemo, VmlinuxText
 from klpd.sources.kallsyms.modules import ObjectRuns, parse_module_part
 from klpd.sources.kallsyms.scan import ScanIndex, scan_vmlinux
@@ -68,9 +69,8 @@ def read_kallsyms(
         if kallsyms is not None:
             return kallsyms
     try:
-        # Unbuffered readall(): procfs reports size 0, and one growing buffer beats BufferedReader's chunks.
-        with open(path.local, "rb", buffering=0) as stream:
-            data = stream.readall()
+        # Regular files only (a FIFO or /dev/zero planted under --root: an error, not a hang), and bounded.
+        data = read_regular(path, KALLSYMS_LIMIT)
     except OSError as error:
         raise SourceError(path.host, os_reason(error)) from error
     return parse_kallsyms(data, path.host, previous, one_shot=one_shot)

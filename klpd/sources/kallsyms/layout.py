@@ -24,6 +24,8 @@ DATA_TYPES = b"dDbBrR"
 DATA_TYPE = re.compile(b"[" + DATA_TYPES + b"]")
 SECTION_MARKERS = (b"__start_", b"__stop_")
 KALLSYMS_ALL_MIN = 16  # data symbols other than section markers
+# The most /proc/kallsyms may hold: a distribution kernel's is ~10 MiB (200k lines with CONFIG_KALLSYMS_ALL).
+KALLSYMS_LIMIT = 256 * 1024 * 1024
 
 
 def encode(name: str) -> bytes:
