@@ -80,7 +80,9 @@ def daemon(tmp_path):
 
 def test_once_prints_the_status_and_exits(tmp_path):
     host = Host(tmp_path / "host")
-    result = subprocess.run([*KLPD, "--once", "--root", str(host.path), "--config", os.devnull], check=False,
+    (tmp_path / "empty.toml").write_text("")
+    result = subprocess.run([*KLPD, "--once", "--root", str(host.path), "--config", str(tmp_path / "empty.toml")],
+                            check=False,
                             capture_output=True, text=True, env=ENV, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert PATCH in result.stdout and "klpd_target(pending, load ok)" in result.stdout
@@ -220,3 +222,63 @@ def test_api_socket_in_a_directory_it_cannot_search_is_a_setup_error(tmp_path, m
     monkeypatch.setattr(Path, "lstat", lstat)
     with pytest.raises(SetupError, match=r"cannot create the API socket .*klpd\.sock: Permission denied.*--socket"):
         ApiServer(path, 0o660, lambda: None).start()
+
+
+# A daemon whose start is held at a point and signalled there: the signal arrives "in the first 0.6 s" by
+# construction, not by a race with a sleep.
+_SIGNALLED_START = """
+import os, signal, sys
+from klpd.daemon import loop, main
+when, signum = sys.argv[1], getattr(signal, sys.argv[2])
+real_load, real_start = main.load, loop.Agent.start_servers
+def load(args):
+    if when == "load":
+        os.kill(os.getpid(), signum)  # before the agent exists
+    return real_load(args)
+def start_servers(self):
+    if when == "servers":
+        os.kill(os.getpid(), signum)  # the agent exists, nothing is served yet
+    real_start(self)
+main.load, loop.Agent.start_servers = load, start_servers
+sys.exit(main.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["load", "servers"])
+def test_a_sighup_while_starting_is_a_reload_once_started(tmp_path, when):
+    host = Host(tmp_path / "host")
+    config = tmp_path / "klpd.toml"
+    config.write_text("resync_interval = 300\n")
+    args = ["--config", str(config), "--root", str(host.path), "--socket", str(tmp_path / "s.sock"),
+            "--listen", "", "--log-level", "debug"]  # fmt: skip
+    with (tmp_path / "stderr").open("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _SIGNALLED_START, when, "SIGHUP", *args],
+                                stdout=subprocess.DEVNULL, stderr=err, env=ENV)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while "configuration reloaded" not in (log := (tmp_path / "stderr").read_text()):
+                assert proc.poll() is None, f"klpd exited ({proc.returncode}):\n{log}"
+                assert time.monotonic() < deadline, log
+                time.sleep(0.05)
+            assert log.index("ready: ") < log.index("configuration reloaded")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("when", ["load", "servers"])
+def test_a_sigterm_while_starting_stops_cleanly(tmp_path, when):
+    host = Host(tmp_path / "host")
+    (tmp_path / "klpd.toml").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_START, when, "SIGTERM", "--config", str(tmp_path / "klpd.toml"),
+         "--root", str(host.path),
+         "--socket", str(tmp_path / "s.sock"), "--listen", ""],
+        check=False, capture_output=True, text=True, env=ENV, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ready: " not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "s.sock").exists()

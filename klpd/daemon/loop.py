@@ -126,7 +126,8 @@ class Agent:
         if not self._sources.sources:
             self.open_sources()
         self.schedule = self.schedule.started(self._clock())
-        self.evaluate_now()
+        if not self._stop:  # a SIGTERM while starting: stop without the first evaluation
+            self.evaluate_now()
         try:
             while not self._stop:
                 self._turn()

@@ -109,19 +109,60 @@ def run_once(config: Config) -> int:
     return ExitCode.UNDETERMINED if undetermined(status) else ExitCode.OK
 
 
-def run_daemon(config: Config, args: argparse.Namespace) -> int:
+class Signals:
+    """SIGTERM, SIGINT and SIGHUP from the first moment of the daemon's ``main``, before anything slow: a signal
+    that arrives before the agent exists (reading the configuration, binding the servers) is remembered and handed
+    to it once it does. A SIGHUP then becomes a reload right after the start (the configuration file may have
+    been changed while klpd was starting), a SIGTERM a stop before the first evaluation.
+
+    Without this, SIGHUP's default action ended a starting daemon silently (exit 129). Only the few milliseconds
+    of the interpreter's start and of importing klpd (about 0.15 s) come before it.
+    """
+
+    def __init__(self) -> None:
+        self.stop = self.reload = False
+        self._agent: Agent | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        agent = self._agent
+        if signum == signal.SIGHUP:
+            self.reload = True
+            if agent is not None:
+                agent.request_reload()
+        else:
+            self.stop = True
+            if agent is not None:
+                agent.request_stop()
+
+    def attach(self, agent: Agent | None) -> None:
+        """Hand the signals to ``agent`` from now on, and those that came before; None once it is closed (its
+        wake-up pipe is gone)."""
+        self._agent = agent
+        if agent is not None and self.stop:
+            agent.request_stop()
+        if agent is not None and self.reload:
+            agent.request_reload()
+
+
+def run_daemon(config: Config, args: argparse.Namespace, signals: Signals | None = None) -> int:
+    signals = signals or Signals()
     if not config.root.is_dir():
         raise ConfigError(config.source or "<command line>", "root", f"{config.root}: not a directory")
+    if signals.stop:
+        return ExitCode.OK
     agent = Agent(config, config_loader=lambda: load(args))
+    signals.attach(agent)
     try:
         agent.start_servers()
-        signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
-        signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
         log.info("klpd %s starting (root %s, configuration %s)", __version__, config.root,
                  config.source or "built-in defaults")  # fmt: skip
         return agent.run()
     finally:
+        signals.attach(None)
         agent.close()
 
 
@@ -130,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else ExitCode.USAGE
+    signals = Signals()
+    if not args.once:  # --once is a command: its SIGINT is a KeyboardInterrupt, its SIGHUP a hangup
+        signals.install()
     setup_logging(args.log_level if args.log_level in ("debug", "info", "warning", "error") else "info",
                   journal=bool(os.environ.get("JOURNAL_STREAM")))  # fmt: skip
     try:
@@ -139,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     logging.getLogger("klpd").setLevel(config.log_level.value.upper())
     try:
-        return run_once(config) if args.once else run_daemon(config, args)
+        return run_once(config) if args.once else run_daemon(config, args, signals)
     except ConfigError as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
