@@ -6,6 +6,11 @@ creation is noticed too; the loop re-targets the watches after every evaluation 
 
 ``struct inotify_event`` is ``int wd; uint32_t mask, cookie, len; char name[len]`` (NUL-padded), several per
 read(), never split across reads. IN_Q_OVERFLOW (wd -1) means the kernel dropped events: a loss, so a resync.
+
+A watch follows an inode, not a path: a patch directory replaced by rename (``mv new dir``, a package manager's
+atomic switch) leaves the watch on the old inode (IN_MOVE_SELF) or ends it (IN_DELETE_SELF, IN_IGNORED). Either
+way the path is watched again at once, and what happened in between is unknown: counted as a loss, so a resync
+follows and re-targets every watch.
 """
 
 from __future__ import annotations
@@ -169,15 +174,30 @@ class PatchDirWatcher:
                     lost += 1
                     continue
                 directory = self._by_wd.get(ev.wd)
-                if ev.mask & IN_IGNORED:
-                    if directory is not None and self._by_path.get(directory) == ev.wd:
-                        del self._by_path[directory]
-                    self._by_wd.pop(ev.wd, None)
                 if directory is None:
                     continue
+                if ev.mask & (IN_MOVE_SELF | IN_DELETE_SELF | IN_IGNORED) and not ev.name:
+                    lost += self._rewatch(directory, ev.wd)
                 subject = str(directory / ev.name) if ev.name else str(directory)
                 events.append(Event(self._clock(), self.name, _kind(ev.mask), subject))
         return Batch(tuple(events), lost)
+
+    def _rewatch(self, directory: Path, wd: int) -> int:
+        """The watch ``wd`` on ``directory`` no longer watches that path: drop it and watch whatever is there now.
+        1 (a loss) the first time, 0 for the later events of the same watch (IN_DELETE_SELF, then IN_IGNORED)."""
+        if self._by_wd.pop(wd, None) is None:
+            return 0
+        for path in [p for p, w in self._by_path.items() if w == wd]:  # every name of it (a symlink, a bind mount)
+            del self._by_path[path]
+        self._inotify.rm_watch(wd)  # a moved directory's watch would go on reporting under the old path
+        try:
+            new = self._inotify.add_watch(directory)
+        except OSError:
+            pass  # not there (yet): the resync watches its parent
+        else:
+            self._by_path[directory] = new
+            self._by_wd[new] = directory
+        return 1
 
     def close(self) -> None:
         self._inotify.close()
