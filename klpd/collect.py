@@ -132,6 +132,22 @@ def _up(problems: Iterable[Problem]) -> bool:
     return not any(p.severity is Severity.ERROR for p in problems)
 
 
+def _answer_depends_on(problems: Iterable[Problem]) -> tuple[Problem, ...]:
+    """The problems of a source whose unreadable parts hide what the answer is about (a patch directory a non-root
+    klpctl cannot search hides installed patches; modules.dep, where their target modules are), as errors: the
+    readers report them as warnings, since the rest of the source was read; the answer is undetermined."""
+    return tuple(replace(p, severity=Severity.ERROR) if p.code == "source_unreadable" else p for p in problems)
+
+
+def _modules_disagree(path: str, unlisted: Sequence[str]) -> Problem:
+    """/proc/modules without the livepatch modules sysfs shows loaded: an empty or stale copy (tar stores procfs
+    files empty), so which modules are loaded, and every verdict that depends on it, is unknown."""
+    names = ", ".join(unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+    return Problem("source_inconsistent", Severity.ERROR,
+                   f"{path}: does not list the livepatch module(s) {names} that /sys/kernel/livepatch shows loaded:"
+                   " an empty or stale copy; which modules are loaded is unknown", subject=path)  # fmt: skip
+
+
 class Evaluator:
     """Reads the system and computes its status; keeps what does not change between evaluations.
 
@@ -164,6 +180,11 @@ class Evaluator:
             )
         except SourceError as exc:
             raise SourceError(exc.path, f"{exc.reason}: without it no livepatch symbol can be resolved") from exc
+        if kallsyms.value.vmlinux_symbols == 0:
+            # Empty (what tar stores for a procfs file) or garbage: no symbol's absence would mean anything, so
+            # "could not determine" as for an unreadable file, never a confident "will NOT load".
+            raise SourceError(kallsyms.value.path, "no vmlinux symbols in it (empty, or not a copy of /proc/kallsyms):"
+                              " without them no livepatch symbol can be resolved")  # fmt: skip
         if not self._one_shot:  # what the next evaluation needs; a one-shot run has none
             self._kallsyms = kallsyms.value.memo()
         problems += kallsyms.problems
@@ -174,7 +195,12 @@ class Evaluator:
         livepatches = livepatch_sysfs.read_livepatch(root)
         problems += livepatches.problems
         up["livepatch_sysfs"] = _up(livepatches.problems)
+        unlisted = sorted(lp.name for lp in livepatches.value if lp.name not in modules.value)
+        if unlisted and not modules.problems:
+            problems.append(_modules_disagree(root.proc_modules.host, unlisted))
+            up["proc_modules"] = False
         dep = modules_dep.read_modules_dep(root, release)
+        dep = replace(dep, problems=_answer_depends_on(dep.problems))
         problems += dep.problems
         up["modules_dep"] = _up(dep.problems)
         build = kernel_build.read_kernel_build(
@@ -247,6 +273,7 @@ class Evaluator:
             up["patch_files"] = True
         else:
             found = patch_files.find_patch_files(self.root, system.kernel.release)
+            found = replace(found, problems=_answer_depends_on(found.problems))
             host_problems += found.problems
             up["patch_files"] = _up(found.problems)
             by_name: dict[str, list[tuple[HostPath, PatchModule | None, Problem | None]]] = {}

@@ -15,6 +15,7 @@ from fixtures import RELEASE, FixtureRoot
 
 from klpd.cli import ExitCode, main
 from klpd.outputs.json import INSPECT_SCHEMA, STATUS_SCHEMA
+from klpd.sources import modules_dep, patch_files
 
 
 def good_patch() -> bytes:
@@ -142,6 +143,56 @@ def test_status_direct_when_a_patch_dir_cannot_be_searched(tmp_path, monkeypatch
     code = main(["status", "--direct", "--json", "--root", str(fx.path)])
     assert code in (0, 1)
     assert json.loads(capsys.readouterr().out)["schema"] == "klpd.status/1"
+
+
+# -- truth in exit codes: a source that is empty, garbage or unreadable is "could not determine", never a verdict
+
+
+@pytest.mark.parametrize("content", ["", "garbage\n" * 50, "\0\0\0"])
+def test_empty_or_garbage_kallsyms_cannot_determine(fx: FixtureRoot, tmp_path: Path, capsys, content: str) -> None:
+    """An empty /proc/kallsyms is what tar stores: not "will NOT load" (1), which would send someone to rebuild a
+    good patch."""
+    fx.write("/proc/kallsyms", content)
+    ko = tmp_path / "lp_good.ko"
+    ko.write_bytes(good_patch())
+    assert main(["check", "--root", str(fx.path), str(ko)]) == ExitCode.UNDETERMINED
+    assert "no vmlinux symbols" in capsys.readouterr().err
+    assert main(["status", "--direct", "--root", str(fx.path)]) == ExitCode.UNDETERMINED
+
+
+def test_empty_proc_modules_with_loaded_livepatches_cannot_determine(fx: FixtureRoot, capsys) -> None:
+    fx.livepatch("lp_good")
+    fx.sys_module("lp_good")
+    assert main(["status", "--direct", "--root", str(fx.path)]) == ExitCode.UNDETERMINED
+    out = capsys.readouterr().out
+    assert "does not list the livepatch module(s) lp_good that /sys/kernel/livepatch shows loaded" in out
+    fx.proc_modules(["lp_good 16384 1 - Live 0xffffffffc0000000 (OEK)"])
+    assert main(["status", "--direct", "--root", str(fx.path)]) == ExitCode.OK
+
+
+def test_a_patch_directory_that_cannot_be_read_cannot_determine(fx: FixtureRoot, capsys, monkeypatch) -> None:
+    """A non-root klpctl and /var/lib/kpatch 0700: the installed patches are unknown (root reads anything, so
+    the refusal is simulated at the reader's call)."""
+    top = fx.mkdir(f"/var/lib/kpatch/{RELEASE}")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) == top:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(patch_files.os, "scandir", scandir)
+    assert main(["status", "--direct", "--root", str(fx.path)]) == ExitCode.UNDETERMINED
+    assert f"/var/lib/kpatch/{RELEASE}: cannot read: Permission denied" in capsys.readouterr().out
+
+
+def test_modules_dep_that_cannot_be_read_cannot_determine(fx: FixtureRoot, capsys, monkeypatch) -> None:
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(modules_dep, "read_regular_text", denied)
+    assert main(["status", "--direct", "--root", str(fx.path)]) == ExitCode.UNDETERMINED
+    assert "modules.dep: cannot read: Permission denied" in capsys.readouterr().out
 
 
 def _klpctl_entry(args: list[str], **popen: object) -> subprocess.CompletedProcess[bytes]:
