@@ -282,3 +282,26 @@ def test_a_sigterm_while_starting_stops_cleanly(tmp_path, when):
     assert result.returncode == 0, result.stderr
     assert "ready: " not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_a_kmsg_that_cannot_be_polled_is_a_source_down_not_a_crash(tmp_path):
+    """A character device epoll refuses (EPERM), here /dev/null linked in as the fixture's dev/kmsg."""
+    from klpd.config import Config, KernelLogSource, UeventSource
+    from klpd.daemon.event_sources import open_sources
+    from klpd.daemon.kernel_log import KmsgSource
+    from klpd.errors import SourceError
+
+    host = Host(tmp_path / "host")
+    kmsg = host.path / "dev" / "kmsg"
+    kmsg.unlink(missing_ok=True)
+    kmsg.parent.mkdir(exist_ok=True)
+    kmsg.symlink_to("/dev/null")
+    with pytest.raises(SourceError, match="cannot be polled"):
+        KmsgSource(kmsg)
+    config = Config(root=host.path, kernel_log=KernelLogSource.KMSG, uevent_source=UeventSource.NONE)
+    sources, health = open_sources(config, config.system_root())
+    try:
+        assert health["kmsg"] is False and health["inotify"] is True
+    finally:
+        for source in sources:
+            source.close()

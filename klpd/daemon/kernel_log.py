@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -143,6 +144,17 @@ def _event(source: str, msg: LivepatchMessage, when: float) -> Event:
     return Event(when, source, msg.kind.value, subject, msg.text, msg)
 
 
+def _check_pollable(fd: int, path: Path) -> None:
+    """SourceError (the fd closed) when the loop's epoll cannot wait on ``fd``: a character device other than
+    /dev/kmsg (say /dev/null) refuses with EPERM, which at registration crashed the daemon at start."""
+    try:
+        with select.epoll() as probe:
+            probe.register(fd, select.EPOLLIN)
+    except OSError as exc:
+        os.close(fd)
+        raise SourceError(path, f"cannot be polled: {exc.strerror or exc}") from exc
+
+
 class KmsgSource:
     """``/dev/kmsg`` read from its end (old messages describe past states, which the first evaluation reads).
 
@@ -168,6 +180,7 @@ class KmsgSource:
                 os.lseek(self._fd, 0, os.SEEK_END)  # SEEK_END on /dev/kmsg: the next message to come
             else:
                 raise SourceError(path, "neither the kernel log device nor a FIFO")
+            _check_pollable(self._fd, path)
         except OSError as exc:
             if isinstance(exc, SourceError):
                 raise
