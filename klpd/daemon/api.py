@@ -1,11 +1,13 @@
 """The daemon's servers: the JSON API (HTTP/1.1 on a Unix socket) and /metrics (HTTP on ``listen``).
 
 Both only copy bytes the loop prepared when it published its snapshot: nothing is computed on a query or a
-scrape. Each server runs in a daemon thread of its own; the loop never waits for them.
+scrape. Each server runs in a daemon thread of its own (:class:`klpd.daemon.http_server.HttpServer`, which bounds
+what a client can hold: a whole-request deadline, a connection cap, a burst-sized backlog); the loop never waits
+for them.
 
 - ``GET /v1/status``: the ``klpd.status/1`` document with the daemon's own ``"daemon"`` part (klpctl status);
   ``GET /v1/health``: is the daemon up, how fresh is its snapshot, which sources work. 503 before the first
-  evaluation, 404 for any other path.
+  evaluation, 404 for any other path, 405 for another method; every error body is ``{"error": "..."}``.
 - ``/metrics``: prometheus-client's text format, from :class:`klpd.outputs.exposition.Exposition`.
 """
 
@@ -13,30 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.server
+import json
 import logging
 import os
 import socket
-import socketserver
 import stat
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from typing import Protocol
 
 from klpd.config import ListenAddress
+from klpd.daemon.http_server import BACKLOG, HttpServer, Request, Response
 from klpd.errors import SetupError
-from klpd.outputs.exposition import Exposition, metrics_wsgi_app
+from klpd.outputs.exposition import Exposition, serve_metrics
 from klpd.protocol import HEALTH_PATH, STATUS_PATH
 
 __all__ = ["ApiServer", "Documents", "MetricsServer"]
 
 log = logging.getLogger(__name__)
 
-# A client that connects and sends nothing must not hold a thread forever.
-REQUEST_TIMEOUT = 10.0
+_JSON = (("Content-Type", "application/json"),)
 
 
 class Documents(Protocol):
@@ -49,68 +48,35 @@ class Documents(Protocol):
     def health_json(self) -> bytes: ...
 
 
-class _ApiHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "klpd"
-    server: _UnixHTTPServer
+def json_error(status: int, message: str) -> Response:
+    return Response(status, _JSON, json.dumps({"error": message}).encode() + b"\n")
 
-    def setup(self) -> None:
-        self.request.settimeout(REQUEST_TIMEOUT)
-        super().setup()
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path not in (STATUS_PATH, HEALTH_PATH):
-            self._reply(404, b'{"error": "not found; try GET /v1/status or /v1/health"}\n')
-            return
-        docs = self.server.get_documents()
+def api_handler(get_documents: Callable[[], Documents | None]) -> Callable[[Request], Response]:
+    def handle(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            allow = json_error(405, f"method {request.method} not allowed; try GET /v1/status or /v1/health")
+            return Response(405, (*_JSON, ("Allow", "GET, HEAD")), allow.body)
+        if request.path not in (STATUS_PATH, HEALTH_PATH):
+            return Response(404, _JSON, b'{"error": "not found; try GET /v1/status or /v1/health"}\n')
+        docs = get_documents()
         if docs is None:
-            self._reply(503, b'{"error": "klpd is starting: no evaluation yet"}\n')
-            return
-        self._reply(200, docs.status_json if path == STATUS_PATH else docs.health_json)
+            return Response(503, _JSON, b'{"error": "klpd is starting: no evaluation yet"}\n')
+        return Response(200, _JSON, docs.status_json if request.path == STATUS_PATH else docs.health_json)
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _reply(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                # The client hung up before reading (curl -f on a 503, a timeout): nothing to tell anyone.
-                log.debug("api: client went away before the reply was written")
-        self.close_connection = True
-
-    def address_string(self) -> str:
-        return "unix"  # client_address is empty on a Unix socket
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("api: " + format, *args)
+    return handle
 
 
-class _QuietErrors:
-    """socketserver prints a traceback to stderr (the journal) for every failed request. A client that hung up
-    (curl -f on a 503, a scrape timeout) is not klpd's error; anything else is logged once, with its traceback."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError):
-            log.debug("client went away: %s", exc)
-        else:
-            log.error("request failed", exc_info=True)
+def _text_error(status: int, message: str) -> Response:
+    return Response(status, (("Content-Type", "text/plain; charset=utf-8"),), message.encode() + b"\n")
 
 
-class _UnixHTTPServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+def metrics_handler(exposition: Exposition) -> Callable[[Request], Response]:
+    def handle(request: Request) -> Response:
+        status, headers, body = serve_metrics(exposition, request.method, request.path)
+        return Response(status, tuple(headers), body)
 
-    def __init__(self, path: str, get_documents: Callable[[], Documents | None]) -> None:
-        self.get_documents = get_documents
-        super().__init__(path, _ApiHandler, bind_and_activate=False)
+    return handle
 
 
 def _setup_error(what: str, target: str, exc: OSError, hint: str) -> SetupError:
@@ -140,12 +106,18 @@ def _remove_stale(path: Path) -> None:
     raise SetupError(f"another daemon already answers on {path}; stop it, or use --socket PATH")
 
 
-def _serve(server: socketserver.BaseServer, stopped: threading.Event) -> None:
-    # handle_request() with no timeout blocks in select() until a client comes: no periodic wake-ups, unlike
-    # serve_forever()'s 0.5 s polling. close() shuts the listening socket down, which wakes it.
-    server.timeout = None
-    while not stopped.is_set():
-        server.handle_request()
+class _Thread:
+    """An HttpServer in a daemon thread of its own."""
+
+    def __init__(self, server: HttpServer, name: str) -> None:
+        self.server = server
+        self._thread = threading.Thread(target=server.serve, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.stop()
+        self._thread.join(timeout=2.0)
+        self.server.close()
 
 
 class ApiServer:
@@ -155,9 +127,11 @@ class ApiServer:
         self.path = path
         self.mode = mode
         self._get = get_documents
-        self._server: _UnixHTTPServer | None = None
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._running: _Thread | None = None
+
+    @property
+    def http(self) -> HttpServer | None:
+        return self._running.server if self._running is not None else None
 
     def start(self) -> None:
         hint = "run as root, or give another path with --socket PATH; --socket '' turns the API off"
@@ -171,56 +145,25 @@ class ApiServer:
             raise
         except OSError as exc:  # from lstat() or unlink() of the old socket
             raise _setup_error("API socket", str(self.path), exc, hint) from exc
-        server = _UnixHTTPServer(str(self.path), self._get)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            server.server_bind()
+            sock.bind(str(self.path))
             os.chmod(self.path, self.mode)  # explicit: bind() honours the umask (0077 under the unit)
-            server.server_activate()
+            sock.listen(BACKLOG)
         except OSError as exc:
-            server.server_close()
+            sock.close()
             raise _setup_error("API socket", str(self.path), exc, hint) from exc
-        self._server = server
-        self._thread = threading.Thread(target=_serve, args=(server, self._stopped), name="klpd-api", daemon=True)
-        self._thread.start()
+        server = HttpServer(sock, api_handler(self._get), json_error, "api")
+        self._running = _Thread(server, "klpd-api")
         log.info("JSON API on unix:%s (mode %#o)", self.path, self.mode)
 
     def close(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
+        running, self._running = self._running, None
+        if running is None:
             return
-        _stop(server, self._stopped, self._thread)
+        running.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-
-def _stop(server: socketserver.BaseServer, stopped: threading.Event, thread: threading.Thread | None) -> None:
-    stopped.set()
-    sock = getattr(server, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    if thread is not None:
-        thread.join(timeout=2.0)
-    server.server_close()
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def setup(self) -> None:
-        self.request.settimeout(REQUEST_TIMEOUT)
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("metrics: " + format, *args)
-
-
-class _MetricsWSGIServer(_QuietErrors, WSGIServer):
-    # One request at a time: a scrape only copies prepared bytes, and a thread per connection made the p99 worse
-    # (thread start-up and GIL hand-offs) than any queueing. REQUEST_TIMEOUT bounds a client that stalls.
-    allow_reuse_address = True
-
-
-class _MetricsWSGIServer6(_MetricsWSGIServer):
-    address_family = socket.AF_INET6
 
 
 class MetricsServer:
@@ -228,28 +171,33 @@ class MetricsServer:
 
     def __init__(self, listen: ListenAddress, exposition: Exposition) -> None:
         self.listen = listen
-        self._app = metrics_wsgi_app(exposition)
-        self._server: WSGIServer | None = None
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._exposition = exposition
+        self._running: _Thread | None = None
+        self._port = listen.port
+
+    @property
+    def http(self) -> HttpServer | None:
+        return self._running.server if self._running is not None else None
 
     @property
     def port(self) -> int:
         """The bound port (differs from ``listen.port`` when that is 0)."""
-        return int(self._server.server_address[1]) if self._server is not None else self.listen.port
+        return self._port
 
     def start(self) -> None:
-        cls = _MetricsWSGIServer6 if ":" in self.listen.host else _MetricsWSGIServer
+        family = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            server = cls((self.listen.host, self.listen.port), _QuietHandler)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart rebinds despite TIME_WAIT
+            sock.bind((self.listen.host, self.listen.port))
+            sock.listen(BACKLOG)
         except OSError as exc:
+            sock.close()
             hint = "pick another address with --listen HOST:PORT; --listen '' turns /metrics off"
             raise SetupError(f"cannot listen on {self.listen} for /metrics: {exc.strerror or exc} ({hint})") from exc
-        server.set_app(self._app)
-        self._server = server
-        self._thread = threading.Thread(target=_serve, args=(server, self._stopped), name="klpd-metrics",
-                                        daemon=True)  # fmt: skip
-        self._thread.start()
+        self._port = int(sock.getsockname()[1])
+        server = HttpServer(sock, metrics_handler(self._exposition), _text_error, "metrics")
+        self._running = _Thread(server, "klpd-metrics")
         log.info("metrics on http://%s/metrics", self.address)
 
     @property
@@ -258,6 +206,6 @@ class MetricsServer:
         return f"[{host}]:{self.port}" if ":" in host else f"{host or '0.0.0.0'}:{self.port}"
 
     def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            _stop(server, self._stopped, self._thread)
+        running, self._running = self._running, None
+        if running is not None:
+            running.close()

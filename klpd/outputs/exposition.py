@@ -1,5 +1,5 @@
-"""How klpd's metrics reach Prometheus: /metrics over HTTP (:class:`Exposition`, served by the daemon's
-``MetricsServer``) and node_exporter's textfile collector (:func:`write_textfile`).
+"""How klpd's metrics reach Prometheus: /metrics over HTTP (:class:`Exposition` and :func:`serve_metrics`,
+served by the daemon's ``MetricsServer``) and node_exporter's textfile collector (:func:`write_textfile`).
 
 Both carry text :func:`klpd.outputs.metrics.render` produced once per evaluation; nothing here renders klpd's
 metrics, so a scrape only copies bytes.
@@ -11,6 +11,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,26 @@ class Exposition:
         return text + generate_latest(self._process) if self._process is not None else text
 
 
+def serve_metrics(exposition: Exposition, method: str, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body) of a request for ``path``: /metrics (or /) by GET or HEAD, nothing else. The body
+    is whole for HEAD too; the server sends only its length."""
+    if path not in ("/metrics", "/"):
+        return 404, [("Content-Type", "text/plain; charset=utf-8")], b"klpd serves /metrics\n"
+    if method not in ("GET", "HEAD"):
+        return 405, [("Allow", "GET, HEAD")], b""
+    return 200, [("Content-Type", CONTENT_TYPE)], exposition.scrape()
+
+
 def metrics_wsgi_app(exposition: Exposition) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
-    """A WSGI application serving ``exposition`` at /metrics (for wsgiref, as prometheus-client's own server uses)."""
+    """A WSGI application serving ``exposition`` at /metrics (for a WSGI server of one's own choosing)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
-            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"klpd serves /metrics\n"]
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
-            return [b""]
-        body = exposition.scrape()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+        method = environ.get("REQUEST_METHOD", "GET")
+        status, headers, body = serve_metrics(exposition, method, environ.get("PATH_INFO", "/"))
+        if status == 200:
+            headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [b"" if method == "HEAD" else body]
 
     return app
 
