@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -335,10 +337,19 @@ def _unknown_key_problem(key: str, value: object) -> str:
 CONFIG_LIMIT = 1024 * 1024
 
 
+def _is_dev_null(path: Path) -> bool:
+    try:
+        st, null = os.stat(path), os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == null.st_rdev
+
+
 def load_config(path: Path | str) -> Config:
     """Read and validate a configuration file. Every failure, unreadable file included, is a ConfigError."""
     try:
-        raw = read_regular(Path(path), CONFIG_LIMIT)  # a FIFO or /dev/zero as the config: an error, not a hang
+        # --config /dev/null says "every default"; a FIFO or /dev/zero as the config is an error, not a hang.
+        raw = b"" if _is_dev_null(Path(path)) else read_regular(Path(path), CONFIG_LIMIT)
     except OSError as e:
         raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import replace
@@ -253,3 +254,20 @@ def test_bad_override_names_the_flag(flag, value, key):
         Config().with_overrides(**{flag: value})
     assert info.value.key == key
     assert str(info.value).startswith(f"<command line>: {key}: ")
+
+
+def test_dev_null_is_an_empty_configuration_and_dev_zero_an_error(tmp_path):
+    """--config /dev/null is how one says "every default"; another device (or a FIFO) is no configuration file."""
+    assert dataclasses.replace(load_config("/dev/null"), source=None) == dataclasses.replace(
+        load_config(_empty(tmp_path)), source=None
+    )
+    zero = tmp_path / "zero.toml"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(zero)
+
+
+def _empty(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    return path
