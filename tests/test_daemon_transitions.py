@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -10,6 +11,7 @@ from klpd.daemon.kernel_log import parse_livepatch_message
 from klpd.daemon.transitions import TransitionTracker, parse_patch_state, scan_blocking_tasks
 from klpd.errors import FormatError
 from klpd.model import HostStatus, PatchStatus
+from klpd.root import SystemRoot
 from tests.fixtures import FixtureRoot
 
 
@@ -117,3 +119,23 @@ def test_a_log_line_read_after_the_evaluation_corrects_first_seen():
     tracker.observe(parse_livepatch_message("livepatch: 'p': starting patching transition"), 101.5)
     (t,) = tracker.update(_status(_patch("p")), now=106.0, root=None)
     assert (t.since, t.since_source) == (101.5, "kernel_log")
+
+
+def test_a_fifo_planted_as_a_tasks_patch_state_is_skipped_not_waited_on(tmp_path):
+    """Under --root the tree is a copy anyone could have made: a FIFO at /proc/<pid>/task/<tid>/patch_state would
+    block a plain open() until a writer came. The scan skips it and goes on to the next task."""
+    stuck, blocker = tmp_path / "proc/42/task/42", tmp_path / "proc/43/task/43"
+    for task in (stuck, blocker):
+        task.mkdir(parents=True)
+        (task / "comm").write_text(f"{task.name}\n")
+    os.mkfifo(stuck / "patch_state")
+    (blocker / "patch_state").write_text("0\n")  # still unpatched: blocks a transition to patched (1)
+    found: list[object] = []
+    scanner = threading.Thread(target=lambda: found.append(scan_blocking_tasks(SystemRoot.at(tmp_path), 1)),
+                               daemon=True)  # fmt: skip
+    scanner.start()
+    scanner.join(timeout=60)  # a bound for a regression to fail on, not a timing verdict
+    assert found, "scan_blocking_tasks() is waiting on the FIFO"
+    (scan,) = found
+    assert (scan.blocking, scan.scanned) == (1, 1)
+    assert [t.comm for t in scan.tasks] == ["43"]

@@ -24,6 +24,7 @@ from klpd.daemon.kernel_log import LivepatchEvent, LivepatchMessage
 from klpd.errors import FormatError
 from klpd.model import HostStatus
 from klpd.numbers import kernel_decimal
+from klpd.regular_file import read_regular
 from klpd.root import SystemRoot
 
 KLP_UNDEFINED = -1
@@ -75,8 +76,7 @@ def _numeric_entries(path: str) -> list[int]:
 
 def _read_comm(task_dir: str) -> str:
     try:
-        with open(f"{task_dir}/comm", "rb") as f:
-            return f.read(64).rstrip(b"\n").decode("utf-8", "replace")
+        return read_regular(f"{task_dir}/comm", 64).rstrip(b"\n").decode("utf-8", "replace")
     except OSError:
         return "?"
 
@@ -90,8 +90,8 @@ def scan_blocking_tasks(root: SystemRoot, target: int) -> TaskScan:
         for tid in sorted(_numeric_entries(f"{proc}/{pid}/task")):
             task_dir = f"{proc}/{pid}/task/{tid}"
             try:
-                with open(f"{task_dir}/patch_state", "rb") as f:
-                    raw = f.read(16)
+                # Regular files only: under --root a FIFO planted here must not hang the scan.
+                raw = read_regular(f"{task_dir}/patch_state", 16)
             except PermissionError:
                 unreadable += 1
                 continue
