@@ -5,6 +5,7 @@ run it in simulated time (``SimulatedTime``), so no verdict depends on how fast 
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import urllib.request
@@ -407,5 +408,28 @@ def test_a_failed_evaluation_is_published(tmp_path):
         assert stale["patches"] == good["patches"]  # the last good answer, flagged
         assert [p["code"] for p in stale["problems"]][-1] == "evaluation_failed"
         assert json.loads(agent.snapshot.health_json)["status"] == "error"
+    finally:
+        agent.close()
+
+
+def test_a_textfile_directory_that_cannot_be_written_shows_as_a_source_down(tmp_path):
+    """A full or read-only textfile directory was only a log line: node_exporter kept serving the last file and
+    nobody saw it. Now klpd_source_up{source="textfile"} says so from the next snapshot on."""
+    host = Host(tmp_path / "host")
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    config = Config(root=host.path, socket=None, listen=None, textfile_dir=textfiles)
+    agent = Agent(config, sources=[], notifier=Notifier(send=lambda s: None))
+    try:
+        agent.evaluate_now()
+        agent.evaluate_now()
+        assert agent.snapshot is not None and agent.snapshot.stats.source_up["textfile"] is True
+        assert b'klpd_source_up{source="textfile"} 1.0' in agent.snapshot.metrics_text
+        shutil.rmtree(textfiles)  # replaced by a plain file: every write fails
+        textfiles.write_text("not a directory")
+        agent.evaluate_now()
+        agent.evaluate_now()
+        assert agent.snapshot.stats.source_up["textfile"] is False
+        assert b'klpd_source_up{source="textfile"} 0.0' in agent.snapshot.metrics_text
     finally:
         agent.close()

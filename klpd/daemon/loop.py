@@ -195,7 +195,7 @@ class Agent:
         ev = self._evaluations
         stats = self._counters.freeze(
             evaluations=ev.count, duration=ev.duration, timestamp=ev.timestamp,
-            source_up={**ev.source_up, **self._sources.up}, transitions=transitions,
+            source_up={**ev.source_up, **self._sources.up, **self._announcer.up}, transitions=transitions,
         )  # fmt: skip
         watched = tuple(self.root.host_path(p) for p in self._sources.watched)
         state = Published(stats, self._counters, self._started, watched)
