@@ -4,6 +4,7 @@ malformed requests. Every wait is bounded; verdicts are outcomes (answered, clos
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -217,6 +218,7 @@ def test_a_burst_of_200_scrapers_and_100_api_clients_all_succeed(servers):
         (b"POST /v1/status HTTP/1.1\r\nHost: klpd\r\nContent-Length: 2\r\n\r\n{}", "405 Method Not Allowed"),
         (b"GET /v1/status HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n", "413 Request Entity Too Large"),
         (b"GET /v1/status HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "400 Bad Request"),
+        (b"GET /v1/status HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", "400 Bad Request"),  # isdigit() takes it
         (b"GET /v1/status HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "501 Not Implemented"),
         (b"GET /v1/status HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", "431 Request Header Fields Too Large"),
     ],
@@ -233,3 +235,41 @@ def test_head_gets_the_length_without_the_body(servers):
     line, headers, body = ask_api(servers, b"HEAD /v1/health HTTP/1.1\r\nHost: klpd\r\n\r\n")
     assert line == "HTTP/1.1 200 OK" and body == b""
     assert int(headers["content-length"]) == len(Docs().health_json)
+
+
+@pytest.mark.parametrize("which", ["api", "metrics"])
+def test_a_content_length_of_unicode_digits_does_not_end_the_server(servers, which):
+    """'²' passes str.isdigit() and makes int() raise: that request once ended the server thread for good, the
+    listener still open and answering nobody. It gets a 400, and the next client is served."""
+    with servers.connect(which) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 400 ")
+    assert METRICS_TEXT in servers.scrape()
+    assert ask_api(servers, b"GET /v1/health HTTP/1.1\r\n\r\n")[0] == "HTTP/1.1 200 OK"
+
+
+def test_a_request_with_bare_newlines_is_answered(servers):
+    """printf 'GET /metrics HTTP/1.0\\n\\n' | nc: what http.server accepted, and a hand-typed request sends."""
+    with servers.connect("metrics") as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\n\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_the_server_thread_survives_an_unexpected_error(servers, monkeypatch):
+    """A bug in one round must not end the thread (the listener would stay open, answering nobody)."""
+    server = servers.http("metrics")
+    real, failures = server.step, []
+
+    def step_once_broken() -> None:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug")
+        real()
+
+    monkeypatch.setattr(server, "step", step_once_broken)
+    with servers.connect("metrics") as sock:  # wakes the server, which then fails once
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # the failed round drops its connections: maybe this one
+            read_all(sock)
+    assert servers.scrape()
+    assert failures == [1]

@@ -117,6 +117,11 @@ class _Thread:
     def close(self) -> None:
         self.server.stop()
         self._thread.join(timeout=2.0)
+        if self._thread.is_alive():
+            # Closing the selector under a running serve() would turn a slow stop into a crash of that thread;
+            # it is a daemon thread, so the process exit reclaims it.
+            log.warning("the %s server did not stop within 2 s; leaving it to the process exit", self._thread.name)
+            return
         self.server.close()
 
 

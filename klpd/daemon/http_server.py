@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 __all__ = ["HttpServer", "Request", "Response"]
 
+from klpd.numbers import kernel_decimal
+
 log = logging.getLogger(__name__)
 
 REQUEST_DEADLINE = 5.0  # seconds from accept() to the last byte of the request
@@ -89,15 +91,24 @@ class _Connection:
         self.head_only = False
 
 
+def _head_end(received: bytearray, start: int) -> tuple[int, int]:
+    """Where the request head ends and how long the blank line is: CRLF CRLF, or bare LF LF as nc and hand-typed
+    requests send (http.server took both); (-1, 0) while it has not arrived."""
+    crlf, lf = received.find(b"\r\n\r\n", start), received.find(b"\n\n", start)
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf, 2
+    return (crlf, 4) if crlf >= 0 else (-1, 0)
+
+
 def _parse(conn: _Connection) -> Request | tuple[int, str] | None:
     """The request, an error (status, message), or None while more bytes are needed."""
-    end = conn.received.find(b"\r\n\r\n", max(conn.scanned - 3, 0))
+    end, blank = _head_end(conn.received, max(conn.scanned - 3, 0))
     if end < 0:
         conn.scanned = len(conn.received)
         return (431, f"request head larger than {MAX_HEAD} bytes") if len(conn.received) > MAX_HEAD else None
     if end > MAX_HEAD:
         return 431, f"request head larger than {MAX_HEAD} bytes"
-    line, *fields = bytes(conn.received[:end]).decode("latin-1").split("\r\n")
+    line, *fields = bytes(conn.received[:end]).decode("latin-1").replace("\r\n", "\n").split("\n")
     parts = line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
         return 400, "malformed request line"
@@ -109,13 +120,12 @@ def _parse(conn: _Connection) -> Request | tuple[int, str] | None:
         headers[name.strip().lower()] = value.strip()
     if "transfer-encoding" in headers:
         return 501, "request bodies in chunks are not supported"
-    length_text = headers.get("content-length", "0")
-    if not length_text.isdigit() or len(length_text) > 12:
+    length = kernel_decimal(headers.get("content-length", "0"))  # str.isdigit() takes '²', which int() refuses
+    if length is None:
         return 400, "malformed Content-Length"
-    length = int(length_text)
     if length > MAX_BODY:
         return 413, f"request body larger than {MAX_BODY} bytes"
-    if len(conn.received) < end + 4 + length:
+    if len(conn.received) < end + blank + length:
         return None
     conn.head_only = parts[0] == "HEAD"
     return Request(parts[0], parts[1].split("?", 1)[0])
@@ -150,7 +160,13 @@ class HttpServer:
 
     def serve(self) -> None:
         while not self._stopped.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:  # a bug must not end the thread: the listener would stay open, answering nobody
+                log.error("%s: unexpected error; dropping every connection and going on", self._name, exc_info=True)
+                for fd in list(self._connections):
+                    self._drop(fd)
+                self._stopped.wait(0.1)  # a fault that repeats must not spin
 
     def stop(self) -> None:
         """Make :meth:`serve` return (from another thread); :meth:`close` then releases everything."""
@@ -215,7 +231,9 @@ class HttpServer:
                 log.warning("%s: accepting connections again", self._name)
                 self._backoff = ACCEPT_BACKOFF
             if len(self._connections) >= self.max_connections:
-                oldest = next(iter(self._connections))
+                # The oldest still sending its request; a reply half written is a scrape to finish, not to cut.
+                waiting = (fd for fd, c in self._connections.items() if c.reply is None)
+                oldest = next(waiting, next(iter(self._connections)))
                 log.debug("%s: %d connections open, closing the oldest", self._name, len(self._connections))
                 self._drop(oldest)
             sock.setblocking(False)
