@@ -81,9 +81,14 @@ def _nests_within(body: bytes, max_depth: int) -> bool:
     return not brackets
 
 
+# The bracket check costs a pass per level over the body; past this size json.loads' own recursion guard (it
+# raises RecursionError, from C, caught below) is the cheaper bound.
+_CHECKED_BELOW = 1 << 20
+
+
 def decode_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``body`` as JSON; DaemonUnavailable when it is not, or nests deeper than ``max_depth``."""
-    if not _nests_within(body, max_depth):
+    if len(body) < _CHECKED_BELOW and not _nests_within(body, max_depth):
         raise DaemonUnavailable(f"not a status document: unbalanced, or nested deeper than {max_depth} levels")
     try:
         return json.loads(body)

@@ -162,6 +162,13 @@ def test_escape_spells_out_control_characters() -> None:
     assert escape("é 雪 /var/lib/kpatch") == "é 雪 /var/lib/kpatch"
 
 
+def test_escape_spells_out_bytes_that_were_not_utf8() -> None:
+    name = b"/lib/modules/lp-\x9b31m-\xff.ko".decode("utf-8", "surrogateescape")  # a file name off the disk
+    shown = escape(name)
+    assert shown == "/lib/modules/lp-\\x9b31m-\\xff.ko"
+    shown.encode("utf-8")  # a strict stdout takes it: no UnicodeEncodeError
+
+
 def test_status_text_escapes_names_paths_and_messages() -> None:
     evil = "lp\x1b]0;pwned\x07"
     patch = PatchStatus(

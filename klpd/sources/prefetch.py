@@ -101,6 +101,9 @@ def start(path: HostPath) -> Prefetch | None:
         return None
     try:
         source = open_regular(path)  # a FIFO or a device would have cat block or run without end
+        if os.fstat(source).st_size > LIMIT:  # a (sparse) copy far larger than any kallsyms: not into RAM
+            os.close(source)
+            return None
     except OSError:
         return None
     try:
