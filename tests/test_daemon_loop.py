@@ -433,3 +433,73 @@ def test_a_textfile_directory_that_cannot_be_written_shows_as_a_source_down(tmp_
         assert b'klpd_source_up{source="textfile"} 0.0' in agent.snapshot.metrics_text
     finally:
         agent.close()
+
+
+def _ask_health(socket_path: Path) -> tuple[int, dict]:
+    import json
+    import socket as socketlib
+
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(socket_path))
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: klpd\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_health_says_wedged_while_one_turn_of_the_loop_lasts_too_long(tmp_path):
+    """/v1/health kept serving the last snapshot's "ok" while the loop was stuck. The loop runs in simulated time:
+    its second evaluation 'lasts' 29 s, then 31 s, and the API thread answers a real client at each point."""
+    host = Host(tmp_path / "host")
+    sim = SimulatedTime()
+    seen: list[tuple[int, dict]] = []
+    sock_path = tmp_path / "run" / "klpd.sock"
+    calls = {"n": 0}
+
+    class Slow(Evaluator):
+        def evaluate(self, files=None):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the first one finished: its snapshot says "ok"
+                sim.now += 29.0
+                seen.append(_ask_health(sock_path))
+                sim.now += 2.0
+                seen.append(_ask_health(sock_path))
+            return super().evaluate(files)
+
+    config = Config(root=host.path, socket=sock_path, listen=None, resync_interval=10.0)
+    agent = Agent(config, sources=[], evaluator_factory=Slow, clock=sim.clock, selector=sim.selector(),
+                  notifier=Notifier(send=lambda _n: None, environ={}))  # fmt: skip
+    agent.start_servers()
+    sim.at(5.0, lambda: seen.append(_ask_health(sock_path)))  # the loop waits for its next resync
+    sim.at(45.0, lambda: seen.append(_ask_health(sock_path)))  # the slow one (10 s to 41 s) is over
+    sim.at(46.0, agent.request_stop)
+    try:
+        agent.run()
+    finally:
+        agent.close()
+    (c5, waiting), (c29, slow), (c31, wedged), (c45, after) = seen
+    assert (c5, waiting["status"], c29, slow["status"]) == (200, "ok", 200, "ok")
+    assert c31 == 503 and wedged["status"] == "wedged" and wedged["busy_seconds"] == 31.0
+    assert "busy for 31 s" in wedged["summary"] and wedged["evaluations"] == 1  # the last snapshot's facts
+    assert (c45, after["status"], after["evaluations"]) == (200, "ok", 2)
+
+
+def test_a_first_evaluation_that_never_ends_is_wedged_not_starting():
+    """Before any snapshot, a stuck start said "starting" for ever; after 30 s it is "wedged", and says why."""
+    import json
+
+    from klpd.daemon.api import api_handler
+    from klpd.daemon.http_server import Request
+
+    busy = {"s": 12.0}
+    handle = api_handler(lambda: None, lambda: busy["s"])
+    assert handle(Request("GET", "/v1/health")).status == 503
+    assert b"starting" in handle(Request("GET", "/v1/health")).body
+    busy["s"] = 95.0
+    answer = handle(Request("GET", "/v1/health"))
+    doc = json.loads(answer.body)
+    assert answer.status == 503 and doc["status"] == "wedged" and "no evaluation has finished yet" in doc["summary"]
+    assert handle(Request("GET", "/v1/status")).status == 503  # status itself is unchanged: still no snapshot

@@ -6,7 +6,8 @@ what a client can hold: a whole-request deadline, a connection cap, a burst-size
 for them.
 
 - ``GET /v1/status``: the ``klpd.status/1`` document with the daemon's own ``"daemon"`` part (klpctl status);
-  ``GET /v1/health``: is the daemon up, how fresh is its snapshot, which sources work. 503 before the first
+  ``GET /v1/health``: is the daemon up, how fresh is its snapshot, which sources work; 503 "wedged" once the
+  loop has been stuck in one turn for 30 s (:mod:`klpd.daemon.heartbeat`). 503 before the first
   evaluation, 404 for any other path, 405 for another method; every error body is ``{"error": "..."}``.
 - ``/metrics``: prometheus-client's text format, from :class:`klpd.outputs.exposition.Exposition`.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from klpd.config import ListenAddress
+from klpd.daemon.heartbeat import WEDGED_AFTER
 from klpd.daemon.http_server import BACKLOG, HttpServer, Request, Response
 from klpd.errors import SetupError
 from klpd.outputs.exposition import Exposition, serve_metrics
@@ -52,7 +54,29 @@ def json_error(status: int, message: str) -> Response:
     return Response(status, _JSON, json.dumps({"error": message}).encode() + b"\n")
 
 
-def api_handler(get_documents: Callable[[], Documents | None]) -> Callable[[Request], Response]:
+def _no_wait() -> float:
+    return 0.0
+
+
+def wedged_health(busy_for: float, docs: Documents | None) -> Response:
+    """503 and why: the loop has been in one turn for ``busy_for`` seconds, the last snapshot's facts kept."""
+    last: dict[str, object] = {}
+    if docs is not None:
+        with contextlib.suppress(ValueError):
+            last = json.loads(docs.health_json)
+    summary = (f"the evaluation loop has been busy for {busy_for:.0f} s (more than {WEDGED_AFTER:.0f} s): "
+               "the answers served are from before; the systemd watchdog restarts a loop that stays stuck")  # fmt: skip
+    if docs is None:
+        summary += "; no evaluation has finished yet"
+    body = {**last, "status": "wedged", "summary": summary, "busy_seconds": round(busy_for, 1)}
+    return Response(503, _JSON, (json.dumps(body) + "\n").encode())
+
+
+def api_handler(
+    get_documents: Callable[[], Documents | None], busy_for: Callable[[], float] = _no_wait
+) -> Callable[[Request], Response]:
+    """``busy_for``: seconds the loop has spent in its current turn (:class:`~klpd.daemon.heartbeat.Heartbeat`)."""
+
     def handle(request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
             allow = json_error(405, f"method {request.method} not allowed; try GET /v1/status or /v1/health")
@@ -60,6 +84,8 @@ def api_handler(get_documents: Callable[[], Documents | None]) -> Callable[[Requ
         if request.path not in (STATUS_PATH, HEALTH_PATH):
             return Response(404, _JSON, b'{"error": "not found; try GET /v1/status or /v1/health"}\n')
         docs = get_documents()
+        if request.path == HEALTH_PATH and (busy := busy_for()) > WEDGED_AFTER:
+            return wedged_health(busy, docs)
         if docs is None:
             return Response(503, _JSON, b'{"error": "klpd is starting: no evaluation yet"}\n')
         return Response(200, _JSON, docs.status_json if request.path == STATUS_PATH else docs.health_json)
@@ -128,10 +154,17 @@ class _Thread:
 class ApiServer:
     """The JSON API on a Unix socket."""
 
-    def __init__(self, path: Path, mode: int, get_documents: Callable[[], Documents | None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mode: int,
+        get_documents: Callable[[], Documents | None],
+        busy_for: Callable[[], float] = _no_wait,
+    ) -> None:
         self.path = path
         self.mode = mode
         self._get = get_documents
+        self._busy_for = busy_for
         self._running: _Thread | None = None
 
     @property
@@ -158,7 +191,7 @@ class ApiServer:
         except OSError as exc:
             sock.close()
             raise _setup_error("API socket", str(self.path), exc, hint) from exc
-        server = HttpServer(sock, api_handler(self._get), json_error, "api")
+        server = HttpServer(sock, api_handler(self._get, self._busy_for), json_error, "api")
         self._running = _Thread(server, "klpd-api")
         log.info("JSON API on unix:%s (mode %#o)", self.path, self.mode)
 

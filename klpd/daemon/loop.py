@@ -27,6 +27,7 @@ from klpd.daemon.announce import Announcer
 from klpd.daemon.evaluation import Evaluations, EvaluatorLike, malloc_trim
 from klpd.daemon.event_sources import SourceSet, sources_changed
 from klpd.daemon.events import Batch, EventSource
+from klpd.daemon.heartbeat import Heartbeat
 from klpd.daemon.schedule import Schedule
 from klpd.daemon.servers import Servers, addresses_changed
 from klpd.daemon.snapshot import DaemonSnapshot, Published, build_snapshot, failed_status
@@ -83,7 +84,8 @@ class Agent:
         self._snapshot: DaemonSnapshot | None = None
         self._starting_metrics = render(None)  # what /metrics says before the first evaluation: build info
         self.exposition = Exposition(self._metrics_text)
-        self.servers = Servers(lambda: self._snapshot, self.exposition)
+        self.heartbeat = Heartbeat(clock)
+        self.servers = Servers(lambda: self._snapshot, self.exposition, self.heartbeat.busy_for)
         self._stop = self._reload = False  # asked for by signal handlers; acted on by the loop thread
         self._started = wall_clock()
         self._announcer = Announcer(self.notifier)
@@ -126,6 +128,7 @@ class Agent:
         if not self._sources.sources:
             self.open_sources()
         self.schedule = self.schedule.started(self._clock())
+        self.heartbeat.busy()
         if not self._stop:  # a SIGTERM while starting: stop without the first evaluation
             self.evaluate_now()
         try:
@@ -137,7 +140,7 @@ class Agent:
         return 0
 
     def _turn(self) -> None:
-        for key, _mask in self._selector.select(self.schedule.timeout(self._clock())):
+        for key, _mask in self.heartbeat.waiting(self._selector.select, self.schedule.timeout(self._clock())):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)

@@ -24,10 +24,17 @@ def addresses_changed(old: Config, new: Config) -> bool:
 
 
 class Servers:
-    """``documents`` returns the current snapshot (None before the first evaluation); ``exposition`` serves it."""
+    """``documents`` returns the current snapshot (None before the first evaluation); ``exposition`` serves it;
+    ``busy_for`` says how long the loop has been in its current turn."""
 
-    def __init__(self, documents: Callable[[], Documents | None], exposition: Exposition) -> None:
+    def __init__(
+        self,
+        documents: Callable[[], Documents | None],
+        exposition: Exposition,
+        busy_for: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._documents = documents
+        self._busy_for = busy_for
         self._exposition = exposition
         self.api: ApiServer | None = None
         self.metrics: MetricsServer | None = None
@@ -35,7 +42,7 @@ class Servers:
     def start(self, config: Config) -> None:
         """Bind the API socket and the metrics port (SetupError says what is wrong and which flag helps)."""
         if config.socket is not None:
-            api = ApiServer(config.socket, config.socket_mode, self._documents)
+            api = ApiServer(config.socket, config.socket_mode, self._documents, self._busy_for)
             api.start()
             self.api = api
         if config.listen is not None:
