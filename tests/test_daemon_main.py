@@ -284,6 +284,64 @@ def test_a_sigterm_while_starting_stops_cleanly(tmp_path, when):
     assert not (tmp_path / "s.sock").exists()
 
 
+# A daemon whose evaluation never returns (stuck in Python, as a bug or an unbounded read would be), with the stop
+# deadline shortened so the test does not wait 10 s: the deadline's logic, not its length, is under test.
+_STUCK_EVALUATION = """
+import sys, time
+from klpd.collect import Evaluator
+from klpd.daemon import main
+main.STOP_DEADLINE = 0.5
+def evaluate(self, files=None):
+    print("evaluating", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(1)
+Evaluator.evaluate = evaluate
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_ends_a_daemon_whose_evaluation_is_stuck(tmp_path):
+    """SIGTERM used to wait for the evaluation to return: for ever, if it did not. Past the stop deadline klpd
+    exits (1), says why, and leaves nothing behind that would stop the next start."""
+    host = Host(tmp_path / "host")
+    sock = tmp_path / "s.sock"
+    args = ["--config", "/dev/null", "--root", str(host.path), "--socket", str(sock), "--listen", ""]
+    with (tmp_path / "stderr").open("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _STUCK_EVALUATION, *args], stdout=subprocess.DEVNULL,
+                                stderr=err, env=ENV)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while "evaluating" not in (tmp_path / "stderr").read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log = (tmp_path / "stderr").read_text()
+    assert "after SIGTERM/SIGINT (a turn of the loop is stuck); exiting without cleanup" in log, log
+    assert "Traceback" not in log
+    from klpd.daemon.api import ApiServer
+
+    again = ApiServer(sock, 0o660, lambda: None)  # the stale socket does not block the next start
+    again.start()
+    again.close()
+
+
+def test_the_stop_deadline_is_armed_once_by_the_first_stop_signal():
+    from klpd.daemon.main import STOP_DEADLINE, Signals
+
+    armed: list[float] = []
+    signals = Signals(arm=lambda seconds, _action: armed.append(seconds), exit_now=lambda: None)
+    signals._handle(signal.SIGHUP, None)
+    assert armed == [] and signals.reload
+    signals._handle(signal.SIGTERM, None)
+    signals._handle(signal.SIGINT, None)
+    assert armed == [STOP_DEADLINE] == [10.0] and signals.stop
+
+
 def test_a_kmsg_that_cannot_be_polled_is_a_source_down_not_a_crash(tmp_path):
     """A character device epoll refuses (EPERM), here /dev/null linked in as the fixture's dev/kmsg."""
     from klpd.config import Config, KernelLogSource, UeventSource

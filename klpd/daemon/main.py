@@ -5,7 +5,8 @@
 
 Flags override the configuration file. Logs go to stderr; under systemd (``$JOURNAL_STREAM``) each line carries
 its syslog priority as a ``<N>`` prefix, which journald turns into the entry's PRIORITY. SIGHUP reloads the
-configuration (a bad file is logged and the running configuration kept); SIGTERM and SIGINT stop cleanly (0).
+configuration (a bad file is logged and the running configuration kept); SIGTERM and SIGINT stop cleanly (0),
+within 10 s (:data:`STOP_DEADLINE`; past it klpd exits at once, with 1).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import ClassVar
 
@@ -35,7 +37,8 @@ class ExitCode(IntEnum):
 
     - 0 OK: stopped by SIGTERM or SIGINT (or --help, --version); with --once, all good.
     - 1 FAILURE: the daemon could not start or run (say the API socket or the metrics port cannot be bound: the
-      message names the flag that helps); with --once, problems found.
+      message names the flag that helps), or did not stop within 10 s of SIGTERM or SIGINT; with --once,
+      problems found.
     - 2 USAGE: bad flags, or a configuration file or --root that is not valid, at start (on SIGHUP a bad
       configuration is logged and the running one kept).
     - 3 UNDETERMINED: with --once only, a source klpd needs could not be read.
@@ -109,6 +112,25 @@ def run_once(config: Config) -> int:
     return ExitCode.UNDETERMINED if undetermined(status) else ExitCode.OK
 
 
+# How long a stop may take: the loop stops between two turns, and every read in a turn is bounded, but the longest
+# bound (a stalled ``cat`` of /proc/kallsyms, 60 s) is longer than an operator should wait.
+STOP_DEADLINE = 10.0
+
+
+def _start_timer(seconds: float, action: Callable[[], None]) -> None:
+    timer = threading.Timer(seconds, action)
+    timer.daemon = True
+    timer.name = "klpd-stop-deadline"
+    timer.start()
+
+
+def _exit_now() -> None:
+    log.error("still running %.0f s after SIGTERM/SIGINT (a turn of the loop is stuck); exiting without cleanup",
+              STOP_DEADLINE)  # fmt: skip
+    logging.shutdown()
+    os._exit(ExitCode.FAILURE)  # the main thread is stuck: sys.exit would wait for it
+
+
 class Signals:
     """SIGTERM, SIGINT and SIGHUP from the first moment of the daemon's ``main``, before anything slow: a signal
     that arrives before the agent exists (reading the configuration, binding the servers) is remembered and handed
@@ -117,11 +139,21 @@ class Signals:
 
     Without this, SIGHUP's default action ended a starting daemon silently (exit 129). Only the few milliseconds
     of the interpreter's start and of importing klpd (about 0.15 s) come before it.
+
+    The first SIGTERM or SIGINT also arms :data:`STOP_DEADLINE`: a daemon still running then exits at once (1,
+    logged; the stale API socket is removed by the next start, a ``cat`` child dies of the closed pipe). ``arm``
+    and ``exit_now`` are injected by tests.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        arm: Callable[[float, Callable[[], None]], None] = _start_timer,
+        exit_now: Callable[[], None] = _exit_now,
+    ) -> None:
         self.stop = self.reload = False
         self._agent: Agent | None = None
+        self._arm = arm
+        self._exit_now = exit_now
 
     def install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -134,6 +166,8 @@ class Signals:
             if agent is not None:
                 agent.request_reload()
         else:
+            if not self.stop:
+                self._arm(STOP_DEADLINE, self._exit_now)
             self.stop = True
             if agent is not None:
                 agent.request_stop()
