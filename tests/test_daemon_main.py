@@ -321,7 +321,7 @@ def test_a_sigterm_ends_a_daemon_whose_evaluation_is_stuck(tmp_path):
                 proc.kill()
                 proc.wait()
     log = (tmp_path / "stderr").read_text()
-    assert "after SIGTERM/SIGINT (a turn of the loop is stuck); exiting without cleanup" in log, log
+    assert "after SIGTERM/SIGINT (stuck in a turn of the loop, or in closing); exiting now without cleanup" in log, log
     assert "Traceback" not in log
     from klpd.daemon.api import ApiServer
 
@@ -330,16 +330,46 @@ def test_a_sigterm_ends_a_daemon_whose_evaluation_is_stuck(tmp_path):
     again.close()
 
 
-def test_the_stop_deadline_is_armed_once_by_the_first_stop_signal():
+def test_the_stop_deadline_is_armed_once_by_the_first_stop_signal_and_disarmed_after():
+    import threading
+
     from klpd.daemon.main import STOP_DEADLINE, Signals
 
-    armed: list[float] = []
-    signals = Signals(arm=lambda seconds, _action: armed.append(seconds), exit_now=lambda: None)
-    signals._handle(signal.SIGHUP, None)
-    assert armed == [] and signals.reload
+    fired: list[str] = []
+    armed: list[threading.Timer] = []
+
+    def arm(seconds: float, action) -> threading.Timer:
+        timer = threading.Timer(seconds, action)
+        armed.append(timer)
+        return timer  # never started: this test does not wait
+
+    before = signal.getsignal(signal.SIGTERM)
+    signals = Signals(arm=arm, exit_now=lambda: fired.append("exit"))
+    signals.install()
+    try:
+        assert signal.getsignal(signal.SIGTERM) != before
+        signals._handle(signal.SIGHUP, None)
+        assert armed == [] and signals.reload
+        signals._handle(signal.SIGTERM, None)
+        signals._handle(signal.SIGINT, None)
+        assert [t.interval for t in armed] == [STOP_DEADLINE] == [20.0] and signals.stop
+    finally:
+        signals.restore()
+    assert armed[0].finished.is_set()  # cancelled: a clean return from main() is never turned into exit 1
+    assert signal.getsignal(signal.SIGTERM) == before  # main() called in-process leaves the caller's handlers
+    armed[0].run()  # what the thread would do once started: a cancelled timer does not act
+    assert fired == []
+
+
+def test_a_stop_is_recorded_even_when_its_deadline_cannot_be_armed():
+    from klpd.daemon.main import Signals
+
+    def arm(_seconds, _action):
+        raise RuntimeError("can't start new thread")
+
+    signals = Signals(arm=arm, exit_now=lambda: None)
     signals._handle(signal.SIGTERM, None)
-    signals._handle(signal.SIGINT, None)
-    assert armed == [STOP_DEADLINE] == [10.0] and signals.stop
+    assert signals.stop
 
 
 def test_a_kmsg_that_cannot_be_polled_is_a_source_down_not_a_crash(tmp_path):

@@ -84,6 +84,17 @@ class _VmlinuxFeed:
         self.end += len(lines)
 
 
+# The pids of the cat children not yet reaped, for a daemon that must exit at once (klpd.daemon.main).
+_RUNNING: set[int] = set()
+
+
+def kill_running() -> None:
+    """SIGKILL every ``cat`` child still running: the process is about to ``_exit`` from another thread."""
+    for pid in list(_RUNNING):
+        with suppress(OSError):
+            os.kill(pid, 9)
+
+
 def _spawn_cat(path: HostPath) -> subprocess.Popen[bytes] | None:
     cat = cat_program()
     if cat is None:
@@ -95,7 +106,7 @@ def _spawn_cat(path: HostPath) -> subprocess.Popen[bytes] | None:
         log.debug("cannot open %s for cat (%s): reading it directly", path, error)
         return None  # the direct read meets the same error and reports it
     try:
-        return subprocess.Popen(
+        child = subprocess.Popen(
             [cat],
             stdin=source,
             stdout=subprocess.PIPE,
@@ -103,6 +114,8 @@ def _spawn_cat(path: HostPath) -> subprocess.Popen[bytes] | None:
             bufsize=0,
             close_fds=True,
         )
+        _RUNNING.add(child.pid)
+        return child
     except (OSError, subprocess.SubprocessError) as error:
         log.debug("cannot run %s (%s): reading %s directly", cat, error, path)
         return None
@@ -122,6 +135,7 @@ def _end(child: subprocess.Popen[bytes], *, read_all: bool) -> None:
         with suppress(OSError):
             child.kill()
         child.wait()
+    _RUNNING.discard(child.pid)
 
 
 def _read_all(child: subprocess.Popen[bytes], path: HostPath, feed: _VmlinuxFeed) -> list[bytes]:
