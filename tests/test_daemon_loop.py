@@ -487,19 +487,33 @@ def test_health_says_wedged_while_one_turn_of_the_loop_lasts_too_long(tmp_path):
     assert (c45, after["status"], after["evaluations"]) == (200, "ok", 2)
 
 
-def test_a_first_evaluation_that_never_ends_is_wedged_not_starting():
-    """Before any snapshot, a stuck start said "starting" for ever; after 30 s it is "wedged", and says why."""
-    import json
+def test_a_first_evaluation_that_never_ends_is_wedged_not_starting(tmp_path):
+    """Before any snapshot, a stuck start said "starting" for ever; after 30 s it is "wedged", and says why. The
+    loop itself runs (simulated time), so this fails if run() does not count its start as busy."""
+    host = Host(tmp_path / "host")
+    sim = SimulatedTime()
+    sock_path = tmp_path / "run" / "klpd.sock"
+    seen: list[tuple[int, dict]] = []
 
-    from klpd.daemon.api import api_handler
-    from klpd.daemon.http_server import Request
+    class Stuck(Evaluator):
+        def evaluate(self, files=None):
+            if not seen:
+                sim.now += 12.0
+                seen.append(_ask_health(sock_path))
+                sim.now += 83.0
+                seen.append(_ask_health(sock_path))
+            return super().evaluate(files)
 
-    busy = {"s": 12.0}
-    handle = api_handler(lambda: None, lambda: busy["s"])
-    assert handle(Request("GET", "/v1/health")).status == 503
-    assert b"starting" in handle(Request("GET", "/v1/health")).body
-    busy["s"] = 95.0
-    answer = handle(Request("GET", "/v1/health"))
-    doc = json.loads(answer.body)
-    assert answer.status == 503 and doc["status"] == "wedged" and "no evaluation has finished yet" in doc["summary"]
-    assert handle(Request("GET", "/v1/status")).status == 503  # status itself is unchanged: still no snapshot
+    config = Config(root=host.path, socket=sock_path, listen=None)
+    agent = Agent(config, sources=[], evaluator_factory=Stuck, clock=sim.clock, selector=sim.selector(),
+                  notifier=Notifier(send=lambda _n: None, environ={}))  # fmt: skip
+    agent.start_servers()
+    sim.at(100.0, agent.request_stop)
+    try:
+        agent.run()
+    finally:
+        agent.close()
+    (c12, starting), (c95, wedged) = seen
+    assert (c12, starting) == (503, {"error": "klpd is starting: no evaluation yet"})
+    assert c95 == 503 and wedged["status"] == "wedged" and wedged["busy_seconds"] == 95.0
+    assert "no evaluation has finished yet" in wedged["summary"]

@@ -167,6 +167,7 @@ def test_escape_spells_out_bytes_that_were_not_utf8() -> None:
     shown = escape(name)
     assert shown == "/lib/modules/lp-\\x9b31m-\\xff.ko"
     shown.encode("utf-8")  # a strict stdout takes it: no UnicodeEncodeError
+    assert escape("\ud800 \udc00 \udc7f \udfff") == "\\ud800 \\udc00 \\udc7f \\udfff"  # lone ones from a peer's JSON
 
 
 def test_status_text_escapes_names_paths_and_messages() -> None:

@@ -159,14 +159,22 @@ class HttpServer:
         return len(self._connections)
 
     def serve(self) -> None:
+        failing = 0  # rounds in a row that raised: the traceback is logged for the first one only
         while not self._stopped.is_set():
             try:
                 self.step()
             except Exception:  # a bug must not end the thread: the listener would stay open, answering nobody
-                log.error("%s: unexpected error; dropping every connection and going on", self._name, exc_info=True)
+                failing += 1
+                if failing == 1:
+                    log.error("%s: unexpected error; dropping every connection and going on", self._name,
+                              exc_info=True)  # fmt: skip
                 for fd in list(self._connections):
                     self._drop(fd)
                 self._stopped.wait(0.1)  # a fault that repeats must not spin
+            else:
+                if failing > 1:
+                    log.warning("%s: the error repeated %d times before a round succeeded", self._name, failing)
+                failing = 0
 
     def stop(self) -> None:
         """Make :meth:`serve` return (from another thread); :meth:`close` then releases everything."""

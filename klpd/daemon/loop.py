@@ -125,10 +125,10 @@ class Agent:
 
     def run(self) -> int:
         """Evaluate, then serve events until a stop is requested. Returns the exit code (0)."""
+        self.heartbeat.busy()  # opening the sources counts too
         if not self._sources.sources:
             self.open_sources()
         self.schedule = self.schedule.started(self._clock())
-        self.heartbeat.busy()
         if not self._stop:  # a SIGTERM while starting: stop without the first evaluation
             self.evaluate_now()
         try:

@@ -32,8 +32,10 @@ def _escape_table() -> dict[int, str]:
     codes = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
     table = {c: f"\\x{c:02x}" for c in codes}
     table.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
-    # Bytes that were not UTF-8 (file names, sysfs), kept by surrogateescape as U+DC80-U+DCFF: their byte, so a raw
-    # 0x9b never reaches the terminal, nor a strict stdout raises UnicodeEncodeError.
+    # No surrogate may reach a strict stdout (UnicodeEncodeError). Bytes that were not UTF-8 (file names, sysfs),
+    # kept by surrogateescape as U+DC80-U+DCFF, are shown as their byte, so a raw 0x9b never reaches the terminal;
+    # any other surrogate (a lone "\ud800" in a peer's JSON) as its code point.
+    table.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)})
     table.update({0xDC00 + b: f"\\x{b:02x}" for b in range(0x80, 0x100)})
     return table
 
