@@ -136,7 +136,7 @@ def report_imports(label: str, cmd: Sequence[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=9, help="rounds; each figure is the median (default 9)")
+    parser.add_argument("--repeat", type=int, default=25, help="rounds; each figure is the median (default 25)")
     parser.add_argument("--root", default="/", help="the system to read (default: this host)")
     args = parser.parse_args()
     # An installed klpd is byte-compiled (Debian's python3 helpers run py3compile at install); a checkout may not
