@@ -282,3 +282,13 @@ class FixtureRoot:
         ".zst"); add it to modules.dep yourself, depmod's order decides which module klpd reads."""
         data = COMPRESSORS[compression](in_tree_module_bytes(vermagic, this_module_size))
         return self.write(f"/lib/modules/{release}/{path}{compression}", data)
+
+
+def one_symbol_root(path: Path) -> FixtureRoot:
+    """A host whose vmlinux exports one function, ``foo``, with no modules loaded: what klpctl's tests read."""
+    fx = FixtureRoot(path)
+    fx.kernel(RELEASE)
+    fx.kallsyms(vmlinux=[(0xFFFFFFFF81000000, "T", "foo")])
+    fx.proc_modules([])
+    fx.modules_dep(RELEASE, {})
+    return fx

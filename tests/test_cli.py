@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from elfwriter import R_X86_64_PC32, KlpModule
-from fixtures import RELEASE, FixtureRoot
+from fixtures import RELEASE, FixtureRoot, one_symbol_root
 
 from klpd.cli import ExitCode, main
 from klpd.outputs.json import INSPECT_SCHEMA, STATUS_SCHEMA
@@ -27,12 +27,7 @@ def good_patch() -> bytes:
 
 @pytest.fixture
 def fx(tmp_path: Path) -> FixtureRoot:
-    fx = FixtureRoot(tmp_path / "root")
-    fx.kernel(RELEASE)
-    fx.kallsyms(vmlinux=[(0xFFFFFFFF81000000, "T", "foo")])
-    fx.proc_modules([])
-    fx.modules_dep(RELEASE, {})
-    return fx
+    return one_symbol_root(tmp_path / "root")
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,6 +31,19 @@ def klpctl(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60)  # fmt: skip
 
 
+def wait_logged(proc: subprocess.Popen, stderr_path: Path, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    """Until ``pattern`` is in the process's stderr file; an AssertionError with the log if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, stderr_path.read_text())
+        if m:
+            return m
+        if proc.poll() is not None:
+            raise AssertionError(f"klpd exited ({proc.returncode}):\n{stderr_path.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not logged:\n{stderr_path.read_text()}")
+
+
 class Daemon:
     def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None):
         self.host = Host(tmp_path / "host")
@@ -54,15 +67,7 @@ class Daemon:
         return self.stderr_path.read_text()
 
     def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.log())
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                raise AssertionError(f"klpd exited ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not logged:\n{self.log()}")
+        return wait_logged(self.proc, self.stderr_path, pattern, timeout)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -255,11 +260,8 @@ def test_a_sighup_while_starting_is_a_reload_once_started(tmp_path, when):
         proc = subprocess.Popen([sys.executable, "-c", _SIGNALLED_START, when, "SIGHUP", *args],
                                 stdout=subprocess.DEVNULL, stderr=err, env=ENV)  # fmt: skip
         try:
-            deadline = time.monotonic() + 30
-            while "configuration reloaded" not in (log := (tmp_path / "stderr").read_text()):
-                assert proc.poll() is None, f"klpd exited ({proc.returncode}):\n{log}"
-                assert time.monotonic() < deadline, log
-                time.sleep(0.05)
+            wait_logged(proc, tmp_path / "stderr", "configuration reloaded", timeout=30)
+            log = (tmp_path / "stderr").read_text()
             assert log.index("ready: ") < log.index("configuration reloaded")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
@@ -310,10 +312,7 @@ def test_a_sigterm_ends_a_daemon_whose_evaluation_is_stuck(tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", _STUCK_EVALUATION, *args], stdout=subprocess.DEVNULL,
                                 stderr=err, env=ENV)  # fmt: skip
         try:
-            deadline = time.monotonic() + 60
-            while "evaluating" not in (tmp_path / "stderr").read_text():
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
-                time.sleep(0.05)
+            wait_logged(proc, tmp_path / "stderr", "evaluating", timeout=60)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 1
         finally:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import RELEASE, FixtureRoot
+from fixtures import RELEASE, FixtureRoot, one_symbol_root
 
 from klpd import api_client
 from klpd.api_client import decode_json, fetch_status
@@ -124,12 +124,7 @@ def test_nesting_bound(body: bytes, ok: bool) -> None:
 
 @pytest.fixture
 def fx(tmp_path: Path) -> FixtureRoot:
-    fx = FixtureRoot(tmp_path / "root")
-    fx.kernel(RELEASE)
-    fx.kallsyms(vmlinux=[(0xFFFFFFFF81000000, "T", "foo")])
-    fx.proc_modules([])
-    fx.modules_dep(RELEASE, {})
-    return fx
+    return one_symbol_root(tmp_path / "root")
 
 
 @pytest.mark.parametrize("behave", [drip, flood, nested, escapes])
