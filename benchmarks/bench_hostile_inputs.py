@@ -17,7 +17,7 @@ from tempfile import TemporaryDirectory
 
 import zstandard
 
-from klpd.elf.decompress import ElfFormatError, decompress
+from klpd.decompress import ElfFormatError, decompress
 from klpd.root import SystemRoot
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms
 

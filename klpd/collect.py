@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from klpd.decompress import read_module_bytes
 from klpd.elf import parse_modinfo, parse_patch_module, read_module_symtab, read_patch_module
-from klpd.elf.decompress import read_module_bytes
 from klpd.elf.load_info import build_facts
 from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import VMLINUX, HostStatus, ModuleSymtab, PatchModule, Problem, RunningPatch, Severity

@@ -1,4 +1,4 @@
-"""klpd.elf.decompress: .ko.xz / .ko.gz / .ko.zst by magic, bounded output, clean errors."""
+"""klpd.decompress: .ko.xz / .ko.gz / .ko.zst by magic, bounded output, clean errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import zstandard
 from elfwriter import KlpModule
 
+from klpd.decompress import read_module_bytes
 from klpd.elf import decompress, parse_patch_module
-from klpd.elf.decompress import read_module_bytes
 from klpd.errors import ElfFormatError, SourceError
 from klpd.root import HostPath
 

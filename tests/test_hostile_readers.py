@@ -20,7 +20,7 @@ import zstandard
 from fixtures import RELEASE, FixtureRoot, LivepatchObject
 
 from klpd.config import load_config
-from klpd.elf.decompress import MAX_MEMBERS, decompress, read_module_bytes
+from klpd.decompress import MAX_MEMBERS, decompress, read_module_bytes
 from klpd.errors import ConfigError, ElfFormatError, SourceError
 from klpd.sources import prefetch
 from klpd.sources.kallsyms import parse_kallsyms, read_kallsyms

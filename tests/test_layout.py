@@ -25,6 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "klpd.numbers",
             "klpd.root",
             "klpd.regular_file",
+            "klpd.decompress",
             "klpd.model",
             "klpd.model_loader",
             "klpd.names",

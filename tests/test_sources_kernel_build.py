@@ -129,6 +129,23 @@ def test_corrupt_gz_is_a_problem(tmp_path):
     assert problem.subject == f"/boot/symvers-{RELEASE}.gz" and "gzip" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (gzip.compress(b"") * 5000, "more than 1024 concatenated gzip members"),  # was quadratic, unbounded
+        (b"0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n", "no gzip magic"),  # plain text under a .gz name
+    ],
+)
+def test_a_hostile_or_mislabelled_gz_is_a_problem(tmp_path, data, says):
+    fx = debian_host(tmp_path)
+    fx.root.module_symvers(RELEASE).local.unlink()
+    fx.write(f"/boot/symvers-{RELEASE}.gz", data)
+    result = read(fx)
+    assert result.value.crcs is None
+    (problem,) = result.problems
+    assert problem.subject == f"/boot/symvers-{RELEASE}.gz" and says in problem.message, problem.message
+
+
 def test_no_symvers_anywhere_is_one_warning(tmp_path):
     fx = debian_host(tmp_path)
     fx.root.module_symvers(RELEASE).local.unlink()

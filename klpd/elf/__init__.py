@@ -6,11 +6,11 @@
   before livepatch sees the patch: the appended signature, ``__versions``, the imports, ``.gnu.linkonce.this_module``;
 - :mod:`klpd.elf._raw`: the bounds-checked ELF reader under all of them;
 - :mod:`klpd.elf.symtab`: a target module's symbol table as klp_find_object_symbol() walks it;
-- :mod:`klpd.elf.decompress`: ``.ko.xz`` / ``.ko.gz`` / ``.ko.zst``;
+- :mod:`klpd.decompress`: ``.ko.xz`` / ``.ko.gz`` / ``.ko.zst``;
 - :mod:`klpd.elf.reloc_types`: relocation type names.
 """
 
-from klpd.elf.decompress import decompress
+from klpd.decompress import decompress
 from klpd.elf.klpmodule import parse_patch_module, read_patch_module
 from klpd.elf.modinfo import parse_modinfo, read_modinfo
 from klpd.elf.reloc_types import reloc_type_name

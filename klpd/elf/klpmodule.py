@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 
 from klpd import kernel_messages as msg
+from klpd.decompress import read_module_bytes
 from klpd.elf._raw import SHT_REL, ElfFile, cstring, parse_guarded
-from klpd.elf.decompress import read_module_bytes
 from klpd.elf.klp_checks import Problems, check_section, check_section_name_width, check_symbol
 from klpd.elf.load_info import imports, modversions, this_module_size
 from klpd.elf.modinfo import modinfo_from

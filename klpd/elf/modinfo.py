@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from klpd.decompress import read_module_bytes
 from klpd.elf._raw import ElfFile, parse_guarded
-from klpd.elf.decompress import read_module_bytes
 from klpd.model import Modinfo
 from klpd.root import HostPath
 

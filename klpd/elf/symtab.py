@@ -11,8 +11,8 @@ mod_mem_type bits; both mark the sections module_init_layout_section() puts in i
 
 from __future__ import annotations
 
+from klpd.decompress import read_module_bytes
 from klpd.elf._raw import SHF_ALLOC, SHF_EXECINSTR, ElfFile, Shdr, cstring, parse_guarded
-from klpd.elf.decompress import read_module_bytes
 from klpd.model import SHN_ABS, SHN_UNDEF, ModuleSymtab
 from klpd.root import HostPath
 

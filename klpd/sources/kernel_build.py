@@ -28,11 +28,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from klpd.decompress import GZIP_MAGIC, decompress
 from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import Problem, Severity
 from klpd.model_loader import KernelBuild
@@ -168,30 +168,15 @@ def parse_symvers(text: str, path: str) -> Read[Symvers]:
     return Read(Symvers(path, crcs, exporters), problems)
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """Every member of a gzip file, at most ``limit`` bytes; zlib.error or ValueError for a bad one."""
-    parts: list[bytes] = []
-    total = 0
-    while data:
-        member = zlib.decompressobj(wbits=31)
-        part = member.decompress(data, limit + 1 - total)
-        total += len(part)
-        if total > limit:
-            raise ValueError(f"decompresses to more than {limit} bytes")
-        if not member.eof:
-            raise ValueError("truncated gzip stream")
-        parts.append(part)
-        data = member.unused_data
-    return b"".join(parts)
-
-
 def _symvers_text(path: HostPath, compressed: bool) -> str:
     data = read_regular(path, SYMVERS_SIZE_LIMIT)
-    if compressed:
+    if compressed:  # decompress() is linear in time and bounds the members (a hostile .gz cannot stall klpd)
+        if not data.startswith(GZIP_MAGIC):
+            raise OSError(0, "not a readable gzip file: no gzip magic")
         try:
-            data = _gunzip(data, SYMVERS_SIZE_LIMIT)
-        except (zlib.error, ValueError) as error:
-            raise OSError(0, f"not a readable gzip file: {error}") from None
+            data = decompress(data, path.host, SYMVERS_SIZE_LIMIT)
+        except FormatError as error:
+            raise OSError(0, f"not a readable gzip file: {error.reason}") from None
     return data.decode("utf-8", "surrogateescape")
 
 
