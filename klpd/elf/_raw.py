@@ -51,7 +51,6 @@ SHF_ALLOC = 0x2
 SHF_EXECINSTR = 0x4
 
 SHN_XINDEX = 0xFFFF
-_SHF_RELA_LIVEPATCH = 0x00100000  # livepatch relocations are applied by livepatch, never by apply_relocations()
 
 _MAGIC = b"\x7fELF"
 _ET_NAMES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
@@ -250,53 +249,3 @@ class ElfFile:
 
     def symbol_count(self, symtab: Shdr) -> int:
         return symtab.size // self.sym_size if symtab.type != SHT_NOBITS else 0
-
-    # -- what the loader will write: data at a symbol, pointers through relocations -----------------------------
-    def bytes_at(self, shndx: int, offset: int, size: int) -> bytes:
-        """``size`` bytes at ``offset`` of section ``shndx`` (an ElfFormatError when they are not all inside it)."""
-        if not 0 < shndx < len(self.sections):
-            raise self.error(f"section index {shndx} out of range (1..{len(self.sections) - 1})")
-        sec = self.sections[shndx]
-        if offset < 0 or size < 0 or offset + size > sec.size:
-            raise self.error(f"{size} bytes at offset {offset:#x} of section {sec.name} lie outside it ({sec.size:#x})")
-        if sec.type == SHT_NOBITS:
-            return bytes(size)  # .bss: the loader zeroes it
-        return bytes(self.section_data(sec)[offset : offset + size])
-
-    def symbol_bytes(self, symtab: Shdr, index: int, size: int) -> tuple[int, int, bytes]:
-        """(section index, offset, bytes) of the ``size`` bytes a defined symbol's st_value points at."""
-        count = self.symbol_count(symtab)
-        if not 0 < index < count:
-            raise self.error(f"symbol index {index} out of range (1..{count - 1})")
-        _name, _info, shndx, value = self.raw_symbols(symtab)[index]
-        return shndx, value, self.bytes_at(shndx, value, size)
-
-    def pointer_targets(self, shndx: int) -> dict[int, Target]:
-        """What the relocated words of section ``shndx`` will point at: by offset in that section, the symbol and
-        addend of every entry of the REL/RELA sections whose sh_info names it (apply_relocations(): an unflagged
-        relocation section applies to its sh_info). A REL entry's addend is the field's own (signed) content.
-        An entry outside the section is an ElfFormatError: the loader would write past it."""
-        out: dict[int, Target] = {}
-        word = "Q" if self.elf_class == 64 else "I"
-        size = struct.calcsize(word)
-        shift, mask = (32, 0xFFFFFFFF) if self.elf_class == 64 else (8, 0xFF)
-        for rel in self.sections[1:]:
-            if rel.type not in (SHT_REL, SHT_RELA) or rel.info != shndx or rel.flags & _SHF_RELA_LIVEPATCH:
-                continue
-            fmt = self.endian + (word + word + word.lower() if rel.type == SHT_RELA else word + word)
-            data = self.section_data(rel)
-            data = data[: len(data) - len(data) % struct.calcsize(fmt)]
-            for entry in struct.iter_unpack(fmt, data):
-                offset, info = entry[0], entry[1]
-                field = self.bytes_at(shndx, offset, size)  # checks the entry lies inside the section
-                addend = entry[2] if rel.type == SHT_RELA else struct.unpack(self.endian + word.lower(), field)[0]
-                out[offset] = Target(info >> shift, addend, info & mask)
-        return out
-
-
-class Target(NamedTuple):
-    """What a relocated field will hold: symbol ``symbol``'s address plus ``addend`` (relocation type ``type``)."""
-
-    symbol: int
-    addend: int
-    type: int
