@@ -79,10 +79,6 @@ def _symvers_line(line: str) -> tuple[str, int, str] | None:
     return symbol, int(crc, 16), module
 
 
-# Module.symvers names a module by its build path ("fs/btrfs/btrfs", "vmlinux"); /proc/modules by KBUILD_MODNAME,
-# the basename with '-' as '_'.
-_module_name = module_name_from_filename
-
 # Exports every kernel klpd judges has: module_layout (up to 6.x's modversions) or klp_enable_patch (livepatch).
 # A Module.symvers with neither is not the running kernel's whole export list (empty, cut short, another build).
 _ANCHORS = ("module_layout", "klp_enable_patch")
@@ -117,7 +113,7 @@ class SymversLookup:
             end = len(text) if end < 0 else end
             line = _symvers_line(text[start:end].removesuffix("\r"))
             if line is not None and line[0] == symbol:
-                found = (line[1], _module_name(line[2]))
+                found = (line[1], module_name_from_filename(line[2]))
             at = text.find(needle, end)  # the next line: a line is read once however often the needle occurs in it
         self._found[symbol] = found
         return found
@@ -163,7 +159,10 @@ def parse_symvers(text: str, path: str) -> Read[Symvers]:
             continue
         symbol, crc, module = entry
         crcs[symbol] = crc
-        exporters[symbol] = modules.get(module) or modules.setdefault(module, sys.intern(_module_name(module)))
+        name = modules.get(module)
+        if name is None:  # Module.symvers names a module by its build path ("fs/btrfs/btrfs"); /proc/modules by
+            name = modules[module] = sys.intern(module_name_from_filename(module))  # KBUILD_MODNAME
+        exporters[symbol] = name
     problems = () if first is None else (malformed_lines(path, skipped, *first),)
     return Read(Symvers(path, crcs, exporters), problems)
 

@@ -38,7 +38,7 @@ from klpd.errors import FormatError
 from klpd.model import Problem, Severity
 from klpd.model_loader import ModuleSigning, TrustedKey
 from klpd.numbers import kernel_decimal
-from klpd.regular_file import read_regular
+from klpd.regular_file import ATTRIBUTE_LIMIT, read_regular_text
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.result import Read, malformed_lines, unreadable
 
@@ -53,7 +53,6 @@ KEYRING_UNKNOWN = ""  # TrustedKey.keyring of a key /proc/keys does not place
 
 _PERM_BUILTIN = 0x1F030000
 _PERM_FIRMWARE = 0x1F010000  # .platform and .machine alike
-_ATTRIBUTE_SIZE_LIMIT = 4096
 _KEYS_SIZE_LIMIT = 16 << 20  # key_quota_root_maxkeys is 1,000,000 keys; past this size something is wrong
 
 # "%08x %c%c%c%c%c%c%c %5d %4s %08x %5d %5d %-9.9s " then describe()
@@ -167,7 +166,7 @@ def trusted_keys(keys: tuple[ProcKey, ...]) -> tuple[TrustedKey, ...] | None:
 def _read(path: HostPath, limit: int, problems: list[Problem]) -> str | None:
     """The file's text; None when absent (silently) or unreadable (with a Problem)."""
     try:
-        return read_regular(path, limit).decode("utf-8", "surrogateescape")
+        return read_regular_text(path, limit)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -176,7 +175,7 @@ def _read(path: HostPath, limit: int, problems: list[Problem]) -> str | None:
 
 
 def _attribute(path: HostPath, parse: Callable[[str, str], T], problems: list[Problem]) -> T | None:
-    text = _read(path, _ATTRIBUTE_SIZE_LIMIT, problems)
+    text = _read(path, ATTRIBUTE_LIMIT, problems)
     if text is None:
         return None
     try:

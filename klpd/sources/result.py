@@ -37,8 +37,7 @@ class Read(Generic[T]):
 
 def unreadable(path: str, error: OSError, severity: Severity = Severity.WARNING) -> Problem:
     """A Problem for a file or directory that exists (or should) but could not be read."""
-    reason = error.strerror or type(error).__name__
-    return Problem("source_unreadable", severity, f"{path}: cannot read: {reason}", subject=path)
+    return Problem("source_unreadable", severity, f"{path}: cannot read: {os_reason(error)}", subject=path)
 
 
 def malformed_lines(path: str, count: int, first_line: int, first_text: str) -> Problem:
