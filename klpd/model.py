@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from klpd.model_description import PatchDescription
 from klpd.model_loader import LoadCheck, ModuleSignature, SymbolVersion
 
 # ELF constants of the livepatch module format (Documentation/livepatch/module-elf-format.rst).
@@ -200,6 +201,7 @@ class PatchModule:
     versions: tuple[SymbolVersion, ...] = ()  # __versions: the CRC of each symbol the patch imports
     imports: tuple[str, ...] = ()  # SHN_UNDEF, non-weak symbols the loader must resolve (simplify_symbols())
     this_module_size: int | None = None  # sh_size of .gnu.linkonce.this_module (sizeof(struct module) it was built for)
+    description: PatchDescription | None = None  # the klp_patch it hands to klp_enable_patch(); None: not found
 
 
 @dataclass(frozen=True)

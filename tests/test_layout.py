@@ -28,6 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "klpd.decompress",
             "klpd.model",
             "klpd.model_loader",
+            "klpd.model_description",
             "klpd.names",
             "klpd.protocol",
             "klpd.kernel_version",
