@@ -108,5 +108,6 @@ class FunctionResult:
     occurrences: int | None = None
     load_order_dependent: bool = False
     kernel_message: str | None = None
+    traceable: bool | None = None  # has an ftrace location (tracefs); None: not checked (not root, not loaded)
     owner: str | None = None
     owner_after: str | None = None

@@ -21,6 +21,7 @@ from klpd.model import (
     RunningPatch,
     SysfsPatch,
 )
+from klpd.model_description import PatchDescription
 from klpd.model_loader import KernelBuild, ModuleSigning
 
 
@@ -35,6 +36,14 @@ class SymbolIndex(Protocol):
 
     def find(self, obj: str, name: str) -> Occurrences:
         """How often ``name`` occurs in object ``obj`` as klp_find_object_symbol() searches it."""
+        ...
+
+
+class TraceIndex(Protocol):
+    """What the prediction needs of tracefs available_filter_functions (klpd.sources.ftrace.FtraceIndex)."""
+
+    def count(self, obj: str, name: str) -> int:
+        """How many ftrace records the functions named ``name`` in object ``obj`` have."""
         ...
 
 
@@ -54,6 +63,9 @@ class SystemState:
     kernel_semantics: KernelSemantics | None = None  # default: the rules of kernel.release
     kernel_build: KernelBuild | None = None  # vermagic, struct module size, symbol CRCs of the running kernel
     module_signing: ModuleSigning | None = None  # sig_enforce, lockdown, trusted keys, modules_disabled
+    ftrace: TraceIndex | None = None  # available_filter_functions; None: not readable, traceability not checked
+    # The descriptions of the loaded patches, read from their files (their states: klp_is_patch_compatible())
+    loaded_descriptions: Mapping[str, PatchDescription] = field(default_factory=dict)
 
     @functools.cached_property
     def semantics(self) -> KernelSemantics:
