@@ -103,7 +103,7 @@ class FunctionResult:
 
     name: str
     sympos: int
-    status: FunctionStatus | None
+    status: FunctionStatus | None = None  # None also in a document from a daemon older than this field
     new_func: str | None = None
     occurrences: int | None = None
     load_order_dependent: bool = False

@@ -72,6 +72,28 @@ class SystemState:
         """The rules of the running kernel's version, which every version-dependent verdict consults."""
         return self.kernel_semantics or semantics_for(self.kernel.release)
 
+    @functools.cached_property
+    def patch_stack(self) -> tuple[str, ...]:
+        """The loaded patches, bottom first: by ``stack_order`` (6.14+), else by load order, which /proc/modules
+        gives newest first (a patch is enabled by its own init, so the orders agree)."""
+        patches = self.livepatches
+        if patches and all(p.stack_order is not None for p in patches):
+            return tuple(p.name for p in sorted(patches, key=lambda p: p.stack_order or 0))
+        age = {name: i for i, name in enumerate(self.modules)}
+        return tuple(p.name for p in sorted(patches, key=lambda p: -age.get(p.name, len(age))))
+
+    @functools.cached_property
+    def function_owners(self) -> Mapping[tuple[str, str, int], str]:
+        """(object, function, sympos as sysfs shows it) -> the loaded patch whose version runs: the top of the
+        kernel's func stack, which is the newest patch listing the function."""
+        by_name = {p.name: p for p in self.livepatches}
+        owners: dict[tuple[str, str, int], str] = {}
+        for name in self.patch_stack:
+            for obj in by_name[name].objects:
+                for func in obj.functions:
+                    owners[(obj.name, func.name, func.sympos)] = name
+        return owners
+
     def is_loaded(self, obj: str) -> bool:
         """vmlinux, or a module /proc/modules lists."""
         return obj == "vmlinux" or obj in self.modules
