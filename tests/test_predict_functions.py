@@ -257,3 +257,15 @@ def test_ftrace_index_counts_records_per_object_and_ignores_other_names() -> Non
     assert isinstance(index, FtraceIndex)
     assert index.records == Counter({("vmlinux", "a"): 2, ("m", "b"): 1, ("m", "a"): 1})
     assert index.count("vmlinux", "c") == 0
+
+
+def test_the_human_view_names_each_refused_function_with_the_kernels_words() -> None:
+    from klpd.outputs.text import render_patch_details
+
+    p = judge(desc(vmlinux(fn("unique_fn"), fn("gone_fn", new="lp_gone"))))
+    text = "\n".join(render_patch_details(p))
+    assert "functions: 1 ok, 1 not_found" in text
+    assert "function not_found           gone_fn,0 -> lp_gone" in text
+    assert "kernel: livepatch: symbol 'gone_fn' not found in symbol table" in text
+    assert "unique_fn" not in text.split("functions:")[1]  # an ok function only with -v
+    assert "function ok                  unique_fn,0 -> lp_fn" in "\n".join(render_patch_details(p, verbose=True))
