@@ -112,8 +112,10 @@ def _run_check(args: argparse.Namespace) -> int:
     early = prefetch.start(root.kallsyms)  # the kernel formats /proc/kallsyms while the imports below run
     try:
         from klpd.collect import evaluate_files
+        from klpd.transition_tasks import with_tasks
 
-        status = evaluate_files(root, [Path(f) for f in args.files], early)
+        # and, as root, the tasks now sleeping in a function a patch replaces: they will hold its transition
+        status = with_tasks(root, evaluate_files(root, [Path(f) for f in args.files], early))
     finally:
         if early is not None:
             early.close()
@@ -158,8 +160,9 @@ def _run_status(args: argparse.Namespace) -> int:
     early = prefetch.start(root.kallsyms)  # as in check
     try:
         from klpd.collect import evaluate_host
+        from klpd.transition_tasks import with_tasks
 
-        status = evaluate_host(root, early)
+        status = with_tasks(root, evaluate_host(root, early))  # and the tasks blocking a transition
     finally:
         if early is not None:
             early.close()

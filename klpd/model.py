@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
-from klpd.model_description import FunctionResult, PatchDescription
+from klpd.model_description import FunctionResult, PatchDescription, TaskReport
 from klpd.model_loader import LoadCheck, ModuleSignature, SymbolVersion
 
 # ELF constants of the livepatch module format (Documentation/livepatch/module-elf-format.rst).
@@ -377,6 +377,7 @@ class PatchStatus:
     load_checks: tuple[LoadCheck, ...] = ()  # the module loader's checks of insmod of the file, in its order
     signature: ModuleSignature | None = None  # the file's appended signature (None: unsigned, or no file)
     replaces: tuple[str, ...] = ()  # a replace patch not loaded yet: the loaded patches it will replace
+    tasks: TaskReport | None = None  # who holds (or will hold) its transition; None: not looked (the daemon)
 
 
 @dataclass(frozen=True, slots=True)

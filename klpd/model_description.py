@@ -111,3 +111,25 @@ class FunctionResult:
     traceable: bool | None = None  # has an ftrace location (tracefs); None: not checked (not root, not loaded)
     owner: str | None = None
     owner_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A task that holds a transition: blocking one in progress, or sleeping in a function a patch replaces."""
+
+    pid: int
+    tid: int
+    comm: str
+    function: str | None = None  # the replaced function it sleeps in ("name" or "name [module]")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """The tasks that hold (``blocking``: a transition in progress, from patch_state) or will hold
+    (``sleeping_in_replaced_function``: a patch checked before its load, from /proc/<pid>/stack) a transition."""
+
+    kind: str  # "blocking" | "sleeping_in_replaced_function"
+    known: bool  # False: could not be read (``note`` says why); tasks and count are then empty
+    count: int
+    tasks: tuple[TaskRef, ...]  # the first 50
+    note: str | None = None

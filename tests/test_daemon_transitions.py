@@ -8,10 +8,11 @@ import threading
 import pytest
 
 from klpd.daemon.kernel_log import parse_livepatch_message
-from klpd.daemon.transitions import TransitionTracker, parse_patch_state, scan_blocking_tasks
+from klpd.daemon.transitions import TransitionTracker
 from klpd.errors import FormatError
 from klpd.model import HostStatus, PatchStatus
 from klpd.root import SystemRoot
+from klpd.sources.tasks import parse_patch_state, scan_blocking_tasks
 from tests.fixtures import FixtureRoot
 
 

@@ -37,7 +37,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     ),
     frozenset({"klpd.elf", "klpd.sources"}),  # readers of files and kernel interfaces
     frozenset({"klpd.predict"}),  # the pure prediction
-    frozenset({"klpd.collect", "klpd.outputs", "klpd.config", "klpd.api_client"}),  # gathering; rendering
+    # gathering; rendering
+    frozenset({"klpd.collect", "klpd.transition_tasks", "klpd.outputs", "klpd.config", "klpd.api_client"}),
     frozenset({"klpd.cli", "klpd.daemon"}),  # the programs
 )
 _SUBPACKAGES = {"elf", "sources", "predict", "outputs", "daemon"}

@@ -148,6 +148,7 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
     lines += _load_check_lines(p, verbose)
     if p.replaces:
         lines.append(f"  replaces (atomic replace): {', '.join(p.replaces)}")
+    lines += _task_lines(p)
     for obj in p.objects:
         states = Counter(s.state for s in obj.sections)
         statuses = Counter(s.status for s in obj.symbols)
@@ -176,6 +177,25 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
             if verbose or sec.state is SectionState.FAILS:
                 count = "relocations unknown" if sec.relocations is None else f"{sec.relocations} relocations"
                 lines.append(f"    section {sec.name} -> {sec.target_section}: {sec.state.value}, {count}")
+    return lines
+
+
+def _task_lines(p: PatchStatus) -> list[str]:
+    report = p.tasks
+    if report is None:
+        return []
+    if report.kind == "blocking":
+        what = "tasks blocking the transition"
+    else:
+        what = "tasks sleeping in a function it replaces (they will hold its transition)"
+    if not report.known:
+        return [f"  {what}: unknown ({report.note})"]
+    lines = [f"  {what}: {report.count}"]
+    for task in report.tasks[:10]:
+        where = f" in {task.function}" if task.function else ""
+        lines.append(f"    pid {task.pid} tid {task.tid} {task.comm}{where}")
+    if report.count > 10:
+        lines.append(f"    ... and {report.count - 10} more")
     return lines
 
 
