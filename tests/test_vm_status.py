@@ -48,6 +48,8 @@ def runs(env):
         # test_klp_callbacks_busy block_transition=Y keeps a kworker inside the function the demo patches.
         "blocked": f"""
             step modprobe modprobe test_klp_callbacks_busy block_transition=Y
+            sleep 1
+            step check_before klpctl check --json {up("test_klp_callbacks_demo")}
             step insmod insmod {up("test_klp_callbacks_demo")}
             sleep 2
             step status_blocked klpctl status --direct --json
@@ -111,7 +113,18 @@ def test_blocked_transition(runs):
     assert result.step("modprobe").rc == 0 and result.step("insmod").rc == 0
     doc, sysfs = assert_status_matches_sysfs(result.step("status_blocked"), result.step("sysfs_blocked"))
     assert sysfs["test_klp_callbacks_demo"]["transition"] == "1"
-    assert compare.patch(doc, "test_klp_callbacks_demo")["transition"] is True
+    blocked = compare.patch(doc, "test_klp_callbacks_demo")
+    assert blocked["transition"] is True
+    # klpctl status --direct names the kworker the kernel waits for (its patch_state is still 0)
+    tasks = blocked["tasks"]
+    assert tasks["kind"] == "blocking" and tasks["known"] and tasks["count"] >= 1, tasks
+    assert any(t["comm"].startswith("kworker") for t in tasks["tasks"]), tasks
+    # Before the insmod, klpctl check saw that kworker asleep in the function the patch replaces.
+    before = compare.patch(result.step("check_before").json(), "test_klp_callbacks_demo")
+    sleeping = before["tasks"]
+    assert sleeping["kind"] == "sleeping_in_replaced_function" and sleeping["known"], sleeping
+    functions = {t["function"] for t in sleeping["tasks"]}
+    assert functions == {"busymod_work_func [test_klp_callbacks_busy]"}, sleeping
     doc, sysfs = assert_status_matches_sysfs(result.step("status_done"), result.step("sysfs_done"))
     assert sysfs["test_klp_callbacks_demo"]["transition"] == "0"
     assert compare.patch(doc, "test_klp_callbacks_demo")["transition"] is False
