@@ -105,7 +105,7 @@ class Writer:
 
     def __init__(self, arch: Arch, name: str = "livepatch_test") -> None:
         self.arch = arch
-        self.module = KlpModule(name, empty_description=False)
+        self.module = KlpModule(name)
         self.strings = bytearray()
         self.blobs: dict[str, tuple[Blob, int]] = {}
 

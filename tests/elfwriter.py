@@ -283,10 +283,6 @@ def create_elf_file(
     return bytes(out)
 
 
-# Sections that carry a patch description (klpd.elf.description), one per producer.
-DESCRIPTION_SECTIONS = frozenset({".kpatch.funcs", ".init.klp_objects", "__klp_objects"})
-
-
 def modinfo_data(entries: Sequence[tuple[str, str]]) -> bytes:
     """The bytes of a .modinfo section: ``key=value\\0`` for each entry, in order."""
     return b"".join(f"{k}={v}".encode() + b"\0" for k, v in entries)
@@ -304,10 +300,6 @@ class KlpModule:
     livepatch: bool = True
     vermagic: str = "6.1.0-test SMP preempt mod_unload modversions "
     modinfo: list[tuple[str, str]] | None = None
-    # A description of the patch (klpd.elf.description) is always looked for; unless the test writes its own, an
-    # empty kpatch-build ``.kpatch.funcs`` (no functions) is added last, so that modules built for other tests
-    # are not all "description not found". False leaves it out.
-    empty_description: bool = True
     sections: list[Section] = field(default_factory=list)
     symbols: list[Symbol] = field(default_factory=list)
 
@@ -377,8 +369,6 @@ class KlpModule:
         if versions:
             secs.append(Section("__versions", SHT_PROGBITS, SHF_ALLOC, b"\0" * 64, addralign=8))
         secs += self.sections
-        if self.empty_description and not any(s.name in DESCRIPTION_SECTIONS for s in secs):
-            secs.append(Section(".kpatch.funcs", SHT_PROGBITS, SHF_ALLOC, b"", addralign=8))
         return create_elf_file(secs, self.symbols, **kw)  # type: ignore[arg-type]
 
 

@@ -251,7 +251,7 @@ def test_two_candidates_without_a_call_site_is_a_warning() -> None:
 
 
 def test_a_file_operations_owner_is_not_a_patch() -> None:
-    m = KlpModule("livepatch_fops", empty_description=False)
+    m = KlpModule("livepatch_fops")
     m.function("my_read")
     m.section(".gnu.linkonce.this_module", type=SHT_PROGBITS, flags=SHF_ALLOC | SHF_WRITE, data=bytes(0x380))
     m.symbol("__this_module", shndx=".gnu.linkonce.this_module", type=STT_OBJECT)
@@ -262,7 +262,7 @@ def test_a_file_operations_owner_is_not_a_patch() -> None:
 
 
 def test_no_description_is_a_warning_naming_the_file_and_what_was_looked_for() -> None:
-    pm = parse(KlpModule("livepatch_bare", empty_description=False), path="/lib/modules/lp-bare.ko")
+    pm = parse(KlpModule("livepatch_bare"), path="/lib/modules/lp-bare.ko")
     assert pm.description is None
     message = only_problem(pm, "description_not_found")
     assert message.startswith("/lib/modules/lp-bare.ko: no patch description found: looked for klp-build's")
@@ -271,5 +271,5 @@ def test_no_description_is_a_warning_naming_the_file_and_what_was_looked_for() -
 
 
 def test_a_module_that_is_not_a_livepatch_gets_no_description_warning() -> None:
-    pm = parse(KlpModule("plain", livepatch=False, empty_description=False))
+    pm = parse(KlpModule("plain", livepatch=False))
     assert [p.code for p in pm.problems] == ["not_livepatch_module"]
