@@ -19,9 +19,8 @@ from klpd.model import VMLINUX, HostStatus, ModuleSymtab, PatchModule, Problem, 
 from klpd.names import module_name_from_filename, parse_klp_rela_name, parse_klp_sym_name
 from klpd.predict import PatchInput, SystemState, compute_status
 from klpd.root import HostPath, SystemRoot
-from klpd.sources import kallsyms as kallsyms_source
-from klpd.sources import kernel as kernel_source
 from klpd.sources import (
+    ftrace,
     kernel_build,
     livepatch_sysfs,
     module_signing,
@@ -30,6 +29,8 @@ from klpd.sources import (
     proc_modules,
     sys_module,
 )
+from klpd.sources import kallsyms as kallsyms_source
+from klpd.sources import kernel as kernel_source
 from klpd.sources.prefetch import Prefetch
 
 
@@ -62,6 +63,10 @@ def read_installed_file(where: HostPath) -> tuple[PatchModule | None, Problem | 
         return parse_patch_module(data, where.host), None
     except (KlpdError, OSError) as exc:
         return None, _file_problem(exc, where.host)
+
+
+# An installed patch file: where, and what it parsed to (or why it did not).
+Found = tuple[HostPath, PatchModule | None, Problem | None]
 
 
 class ModuleCache:
@@ -257,13 +262,33 @@ class Evaluator:
                     symtabs[obj] = self.cache.symtab(ko)
         return PatchInput(name, module, symtabs, problem, path)
 
+    def _installed(self, release: str) -> tuple[dict[str, list[Found]], list[HostPath], tuple[Problem, ...]]:
+        """The installed patch files by module name, every file looked at, and the problems met finding them."""
+        found = patch_files.find_patch_files(self.root, release)
+        by_name: dict[str, list[Found]] = {}
+        for path in found.value:
+            read = self.cache.patch(path)
+            if read is not None:  # None: an ordinary module in extra/ or updates/
+                module, problem = read
+                by_name.setdefault(module.name if module else module_name_from_filename(path.name), []).append(
+                    (path, module, problem)
+                )
+        return by_name, list(found.value), _answer_depends_on(found.problems)
+
     def evaluate(self, files: Sequence[Path] | None = None) -> Evaluation:
         """Every loaded and installed patch, or (``files``) exactly these files as ``klpctl check`` asks."""
         started = time.monotonic()
         system, up, dep = self.system()
         inputs: list[PatchInput] = []
-        seen: list[HostPath] = []
         host_problems: list[Problem] = []
+        loaded = {lp.name for lp in system.livepatches}
+        by_name: dict[str, list[Found]] = {}
+        chosen_files: dict[str, Found | None] = {}
+        seen: list[HostPath] = []
+        found_problems: tuple[Problem, ...] = ()
+        if files is None or loaded:  # a check needs the loaded patches' files too: their states
+            by_name, seen, found_problems = self._installed(system.kernel.release)
+            chosen_files = {n: _choose(by_name.get(n, []), system.loaded_srcversions.get(n)) for n in by_name}
         if files is not None:
             for f in files:
                 module, problem = read_patch_file(HostPath(str(f), f))
@@ -272,24 +297,11 @@ class Evaluator:
                 inputs.append(replace(checked, candidate=True))  # will_load: insmod of this file now
             up["patch_files"] = True
         else:
-            found = patch_files.find_patch_files(self.root, system.kernel.release)
-            found = replace(found, problems=_answer_depends_on(found.problems))
-            host_problems += found.problems
-            up["patch_files"] = _up(found.problems)
-            by_name: dict[str, list[tuple[HostPath, PatchModule | None, Problem | None]]] = {}
-            for path in found.value:
-                seen.append(path)
-                read = self.cache.patch(path)
-                if read is None:
-                    continue  # an ordinary module in extra/ or updates/
-                module, problem = read
-                name = module.name if module else module_name_from_filename(path.name)
-                by_name.setdefault(name, []).append((path, module, problem))
-            loaded = {lp.name for lp in system.livepatches}
+            host_problems += found_problems
+            up["patch_files"] = _up(found_problems)
             for name in sorted(set(by_name) | loaded):
-                candidates = by_name.get(name, [])
-                chosen = _choose(candidates, system.loaded_srcversions.get(name))
-                for other in candidates:
+                chosen = chosen_files.get(name)
+                for other in by_name.get(name, []):
                     if other is not chosen:
                         host_problems.append(
                             Problem(
@@ -300,18 +312,29 @@ class Evaluator:
                                 subject=other[0].host,
                             )
                         )
-                if chosen is None:
-                    inputs.append(self._patch_input(system, dep, name, module=None, problem=None, path=None))
-                else:
-                    path, module, problem = chosen
-                    inputs.append(
-                        self._patch_input(
-                            system, dep, name, module=module, problem=problem, path=path.host
-                        )
-                    )
+                path, module, problem = chosen if chosen else (None, None, None)
+                host = path.host if path else None
+                inputs.append(self._patch_input(system, dep, name, module=module, problem=problem, path=host))
             self.cache.retain([*seen, *dep.paths()])
-        if host_problems:
-            system = replace(system, problems=system.problems + tuple(host_problems))
+        descriptions = {
+            name: chosen[1].description
+            for name, chosen in chosen_files.items()
+            if name in loaded and chosen and chosen[1] and chosen[1].description
+        }
+        wanted = {
+            f.old_name
+            for p in inputs
+            if p.module and p.module.description
+            for o in p.module.description.objects
+            for f in o.functions or ()
+            if f.old_name
+        }
+        system = replace(
+            system,
+            problems=system.problems + tuple(host_problems),
+            loaded_descriptions=descriptions,
+            ftrace=ftrace.read_ftrace_index(self.root, wanted) if wanted else None,
+        )
         status = compute_status(system, inputs)
         return Evaluation(status, time.monotonic() - started, up, self._watch_dirs(system.kernel.release))
 
@@ -337,8 +360,8 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def _choose(candidates: list[tuple[HostPath, PatchModule | None, Problem | None]], loaded_srcversion: str | None,
-            ) -> tuple[HostPath, PatchModule | None, Problem | None] | None:  # fmt: skip
+def _choose(candidates: list[Found], loaded_srcversion: str | None,
+            ) -> Found | None:  # fmt: skip
     """The file that stands for a patch: the one the kernel loaded (same srcversion), else the first."""
     for candidate in candidates:
         module = candidate[1]

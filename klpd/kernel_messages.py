@@ -93,6 +93,21 @@ MODULE_LOAD_REFUSED = KernelMessage("patch '{patch}' failed for module '{module}
 APPLYING = KernelMessage("applying patch '{patch}' to loading module '{module}'")
 REVERTING = KernelMessage("reverting patch '{patch}' on unloading module '{module}'")
 ENABLING = KernelMessage("enabling patch '{patch}'")
+NOT_COMPATIBLE = KernelMessage(
+    "Livepatch patch ({patch}) is not compatible with the already installed livepatches."
+)  # klp_enable_patch(), klp_is_patch_compatible() (5.5+)
+KALLSYMS_SIZE_FAILED = KernelMessage("kallsyms size lookup failed for '{name}'")  # klp_init_object_loaded()
+# klp_patch_func(): no ftrace location (6.1+: ftrace_location(), the first record inside the function).
+NO_FTRACE_LOCATION = KernelMessage("failed to find location for function '{name}'")
+PATCH_OBJECT_FAILED = KernelMessage("failed to patch object '{object}'")  # __klp_enable_patch()
+ENABLE_FAILED = KernelMessage("failed to enable patch '{patch}'")  # __klp_enable_patch()
+APPLY_TO_MODULE_FAILED = KernelMessage("failed to apply patch '{patch}' to module '{module}' ({errno})")
+# lib/kobject.c kobject_add_internal() (no pr_fmt): two objects, or two functions of one object, with one sysfs name.
+KOBJECT_EXISTS = KernelMessage(
+    "kobject_add_internal failed for {name} with -EEXIST, don't try to register things with the same name in the"
+    " same directory.",
+    prefix="",
+)
 
 # --- kernel/livepatch/transition.c -------------------------------------------------------------------------------
 TRANSITION_INIT = KernelMessage("'{patch}': initializing {action} transition")  # pr_debug

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
-from klpd.model_description import PatchDescription
+from klpd.model_description import FunctionResult, PatchDescription
 from klpd.model_loader import LoadCheck, ModuleSignature, SymbolVersion
 
 # ELF constants of the livepatch module format (Documentation/livepatch/module-elf-format.rst).
@@ -356,7 +356,7 @@ class ObjectStatus:
     reasons: tuple[str, ...]
     sections: tuple[SectionResult, ...]
     symbols: tuple[SymbolResult, ...]
-    functions: tuple[SysfsFunction, ...] = ()
+    functions: tuple[FunctionResult, ...] = ()  # from the patch's description; else sysfs (status None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +376,7 @@ class PatchStatus:
     problems: tuple[Problem, ...]
     load_checks: tuple[LoadCheck, ...] = ()  # the module loader's checks of insmod of the file, in its order
     signature: ModuleSignature | None = None  # the file's appended signature (None: unsigned, or no file)
+    replaces: tuple[str, ...] = ()  # a replace patch not loaded yet: the loaded patches it will replace
 
 
 @dataclass(frozen=True, slots=True)

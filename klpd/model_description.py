@@ -103,10 +103,11 @@ class FunctionResult:
 
     name: str
     sympos: int
-    status: FunctionStatus | None
+    status: FunctionStatus | None = None  # None also in a document from a daemon older than this field
     new_func: str | None = None
     occurrences: int | None = None
     load_order_dependent: bool = False
     kernel_message: str | None = None
+    traceable: bool | None = None  # has an ftrace location (tracefs); None: not checked (not root, not loaded)
     owner: str | None = None
     owner_after: str | None = None

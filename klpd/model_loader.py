@@ -103,6 +103,9 @@ class LoadCheckName(StrEnum):
     NAME = "name"  # C9: a module of the same name is loaded
     SYMBOLS = "symbols"  # D1-D2: every import exported, with the kernel's CRC
     LIVEPATCH_TAG = "livepatch_tag"  # E2: klp_enable_patch() wants modinfo livepatch=Y
+    STATES = "states"  # E5: klp_is_patch_compatible() with the states of the loaded patches
+    DESCRIPTION = "description"  # E1, E7-E9: the objects and functions themselves (NULL lists, names, duplicates)
+    FUNCTIONS = "functions"  # E11, E12, E16: each replaced function of a loaded object resolves and is traceable
     TRANSITION = "transition"  # E13: another patch in transition
 
 

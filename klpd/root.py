@@ -106,6 +106,14 @@ class SystemRoot:
     def sys_livepatch(self) -> HostPath:
         return self.file("/sys/kernel/livepatch")
 
+    @property
+    def ftrace_functions(self) -> tuple[HostPath, ...]:
+        """tracefs' available_filter_functions: where tracefs is mounted since 4.1, then its debugfs location."""
+        return (
+            self.file("/sys/kernel/tracing/available_filter_functions"),
+            self.file("/sys/kernel/debug/tracing/available_filter_functions"),
+        )
+
     # Module signature policy (klpd.sources.module_signing)
     @property
     def sig_enforce(self) -> HostPath:

@@ -15,6 +15,7 @@ from klpd.model import (
     SymbolResult,
     SymbolStatus,
 )
+from klpd.model_description import FunctionResult, FunctionStatus
 from klpd.model_loader import CheckResult, LoadCheck, LoadCheckName
 from klpd.outputs.metrics import MetricsSnapshot
 
@@ -57,6 +58,7 @@ def basic_status() -> HostStatus:
         reasons=(),
         sections=(_sec("vmlinux", "text", SectionState.APPLIED),),
         symbols=(_sym("vmlinux", "printk", SymbolStatus.OK), _sym("vmlinux", "copy_from_user", SymbolStatus.OK)),
+        functions=(FunctionResult("cmdline_proc_show", 0, FunctionStatus.OK),),
     )
     in_transition = _patch(
         "livepatch_cve_2024_1",
@@ -96,6 +98,11 @@ def basic_status() -> HostStatus:
                     _sym("xfs", "xfs_iget", SymbolStatus.OK),
                     _sym("xfs", "xfs_log_force", SymbolStatus.OK),
                     _sym("xfs", "xfs_bmapi", None),
+                ),
+                functions=(
+                    FunctionResult("xfs_fs_fill_super", 0, FunctionStatus.OK),
+                    FunctionResult("xfs_gone", 0, FunctionStatus.NOT_FOUND),
+                    FunctionResult("xfs_maybe", 0, None),
                 ),
             ),
         ),

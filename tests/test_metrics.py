@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from klpd.daemon.stats import DaemonStats
 from klpd.outputs.exposition import Exposition, metrics_wsgi_app, write_textfile
 from klpd.outputs.metrics import (
+    FUNCTION_STATUSES,
     METRIC_NAMES,
     METRICS,
     PATCH_STATES,
@@ -86,25 +87,31 @@ def test_loaded_enabled_unknown_is_its_own_state():
     assert value(reg, "klpd_patch_state", patch="livepatch_xfs", state="disabled") == 0
 
 
-def test_symbol_counts_cover_every_status(reg):
+def test_symbol_counts_have_a_series_only_for_statuses_that_occur(reg):
     counts = {s: value(reg, "klpd_symbols", patch="livepatch_xfs", object="xfs", status=s) for s in SYMBOL_STATUSES}
     assert counts == {
         "ok": 2,
         "not_found": 1,
-        "ambiguous": 0,
-        "sympos_not_found": 0,
-        "malformed_name": 0,
-        "not_livepatch_symbol": 0,
-        "vmlinux_from_module_section": 0,
+        "ambiguous": None,
+        "sympos_not_found": None,
+        "malformed_name": None,
+        "not_livepatch_symbol": None,
+        "vmlinux_from_module_section": None,
         "unknown": 1,
     }
     assert value(reg, "klpd_symbols", patch="kpatch_old", object="vmlinux", status="ambiguous") == 1
 
 
+def test_function_counts_by_status(reg):
+    xfs = {s: value(reg, "klpd_functions", patch="livepatch_xfs", object="xfs", status=s) for s in FUNCTION_STATUSES}
+    assert xfs == dict.fromkeys(FUNCTION_STATUSES) | {"ok": 1, "not_found": 1, "unknown": 1}
+    assert value(reg, "klpd_functions", patch="livepatch_xfs", object="vmlinux", status="ok") == 1
+
+
 def test_sections_by_state(reg):
     assert value(reg, "klpd_sections", patch="livepatch_xfs", object="xfs", state="pending") == 1
     assert value(reg, "klpd_sections", patch="livepatch_xfs", object="xfs", state="fails") == 1
-    assert value(reg, "klpd_sections", patch="livepatch_xfs", object="xfs", state="applied") == 0
+    assert value(reg, "klpd_sections", patch="livepatch_xfs", object="xfs", state="applied") is None
     assert value(reg, "klpd_sections", patch="livepatch_xfs", object="vmlinux", state="applied") == 1
 
 

@@ -112,7 +112,10 @@ def scenario_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple
     assert code == 0
     assert p["loaded"] and p["enabled"] is True and p["will_load"]
     assert obj(p, "vmlinux")["patched"] is True
-    assert obj(p, "vmlinux")["functions"] == [{"name": "unique_fn", "sympos": 1}]
+    # Seen through sysfs only (the fixture's file has no description): listed, not judged, owned by the patch.
+    assert [(f["name"], f["sympos"], f["status"], f["owner"]) for f in obj(p, "vmlinux")["functions"]] == [
+        ("unique_fn", 1, None, "lp_loaded")
+    ]
     assert obj(p, "vmlinux")["sections"][0]["state"] == "applied"
     assert doc["host"]["livepatch_tainted"] is True
     return code, doc

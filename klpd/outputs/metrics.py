@@ -16,6 +16,7 @@ Naming follows https://prometheus.io/docs/practices/naming/: the ``klpd_`` prefi
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from klpd import __version__
 from klpd.model import VMLINUX, HostStatus, ModuleLoad, ObjectStatus, PatchStatus, SectionState, Severity, SymbolStatus
+from klpd.model_description import FunctionStatus
 from klpd.model_loader import CheckResult
 
 
@@ -47,6 +49,7 @@ class MetricDef:
 PATCH_STATES: tuple[str, ...] = ("enabled", "disabled", "transition", "not_loaded", "unknown")
 SYMBOL_STATUSES: tuple[str, ...] = (*(s.value for s in SymbolStatus), "unknown")
 SECTION_STATES: tuple[str, ...] = tuple(s.value for s in SectionState)
+FUNCTION_STATUSES: tuple[str, ...] = (*(s.value for s in FunctionStatus), "unknown")
 MODULE_LOAD_VERDICTS: tuple[str, ...] = tuple(v.value for v in ModuleLoad)
 SEVERITIES: tuple[str, ...] = tuple(s.value for s in Severity)
 
@@ -100,12 +103,17 @@ MODULE_LOAD = MetricDef(
     "For a patched module that is not loaded: would loading it now succeed, one-hot (ok, refused, unknown).",
     ("patch", "object", "verdict"))
 SYMBOLS = MetricDef(
-    "klpd_symbols", G, "Livepatch symbols of the patch's object, by how the kernel will resolve them.",
-    ("patch", "object", "status"))
+    "klpd_symbols", G, "Livepatch symbols of the patch's object, by how the kernel will resolve them; a status "
+    "with no symbol has no series.", ("patch", "object", "status"))
 SECTIONS = MetricDef(
     "klpd_sections", G,
     "Livepatch relocation sections (.klp.rela) of the patch's object, by state: applied, pending (module not "
-    "loaded) or fails.", ("patch", "object", "state"))
+    "loaded) or fails; a state with no section has no series.", ("patch", "object", "state"))
+FUNCTIONS = MetricDef(
+    "klpd_functions", G,
+    "Functions the patch replaces in the object (its klp_func entries), by how the kernel will judge them: ok, "
+    "not_found, ambiguous, sympos_not_found, not_traceable, invalid, unknown; a status with no function has no "
+    "series.", ("patch", "object", "status"))
 TRANSITION_START = MetricDef(
     "klpd_transition_start_time_seconds", G,
     "Unix time the patch's current transition started (as first seen by klpd).", ("patch",))
@@ -135,7 +143,7 @@ METRICS: tuple[MetricDef, ...] = (
     BUILD_INFO, KERNEL_INFO, LIVEPATCH_SUPPORTED, KERNEL_TAINTED_LIVEPATCH, KALLSYMS_ADDRESSES_VISIBLE,
     HOST_PROBLEMS, PATCH_INFO, PATCH_LOADED, PATCH_STATE, PATCH_WILL_LOAD, PATCH_PROBLEMS, PATCH_LOAD_CHECK,
     PATCH_REPLACE,
-    PATCH_STACK_ORDER, OBJECT_LOADED, OBJECT_PATCHED, MODULE_LOAD, SYMBOLS, SECTIONS, TRANSITION_START,
+    PATCH_STACK_ORDER, OBJECT_LOADED, OBJECT_PATCHED, MODULE_LOAD, SYMBOLS, SECTIONS, FUNCTIONS, TRANSITION_START,
     TRANSITION_BLOCKING_TASKS, MODULE_LOAD_REFUSALS, SOURCE_UP, EVENTS, LOST_EVENTS, EVALUATIONS,
     EVALUATION_DURATION, LAST_EVALUATION,
 )  # fmt: skip
@@ -296,16 +304,19 @@ def _object(out: _Families, patch: str, obj: ObjectStatus) -> None:
         out.add(OBJECT_PATCHED, float(obj.patched), patch, obj.name)
     if obj.module_load is not None:
         out.one_hot(MODULE_LOAD, obj.module_load.value, MODULE_LOAD_VERDICTS, patch, obj.name)
-    symbol_counts = dict.fromkeys(SYMBOL_STATUSES, 0)
-    for symbol in obj.symbols:
-        symbol_counts[symbol.status.value if symbol.status is not None else "unknown"] += 1
-    for status, count in symbol_counts.items():
-        out.add(SYMBOLS, count, patch, obj.name, status)
-    section_counts = dict.fromkeys(SECTION_STATES, 0)
-    for section in obj.sections:
-        section_counts[section.state.value] += 1
-    for state, count in section_counts.items():
-        out.add(SECTIONS, count, patch, obj.name, state)
+    # Counts by status, only the statuses that occur: a host's series stay bounded by what it has (README).
+    symbols = Counter(s.status.value if s.status is not None else "unknown" for s in obj.symbols)
+    for status in SYMBOL_STATUSES:
+        if symbols[status]:
+            out.add(SYMBOLS, symbols[status], patch, obj.name, status)
+    sections = Counter(s.state.value for s in obj.sections)
+    for state in SECTION_STATES:
+        if sections[state]:
+            out.add(SECTIONS, sections[state], patch, obj.name, state)
+    functions = Counter(f.status.value if f.status is not None else "unknown" for f in obj.functions)
+    for status in FUNCTION_STATUSES:
+        if functions[status]:
+            out.add(FUNCTIONS, functions[status], patch, obj.name, status)
 
 
 def _daemon(out: _Families, stats: DaemonCounters, patches: Iterable[PatchStatus]) -> None:

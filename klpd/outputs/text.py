@@ -22,6 +22,7 @@ from klpd.model import (
     SectionState,
     SymbolStatus,
 )
+from klpd.model_description import FunctionResult, FunctionStatus
 from klpd.model_loader import PKEY_ID_PKCS7, CheckResult
 from klpd.predict.verdicts import patch_has_problems
 
@@ -145,6 +146,8 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
     for x in p.problems:
         lines += _problem_lines(x, "  ")
     lines += _load_check_lines(p, verbose)
+    if p.replaces:
+        lines.append(f"  replaces (atomic replace): {', '.join(p.replaces)}")
     for obj in p.objects:
         states = Counter(s.state for s in obj.sections)
         statuses = Counter(s.status for s in obj.symbols)
@@ -156,8 +159,12 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
         if obj.module_load is not None:
             head += f", module load: {obj.module_load.value}"
         head += f"   sections: {sec_text or 'none'}   symbols: {sym_text or 'none'}"
+        if obj.functions:
+            judged = Counter("undetermined" if f.status is None else f.status.value for f in obj.functions)
+            head += "   functions: " + ", ".join(f"{n} {st}" for st, n in judged.items())
         lines.append(head)
         lines += [f"      {r}" for r in obj.reasons]
+        lines += _function_lines(obj.functions, verbose)
         for sym in obj.symbols:
             if verbose or (sym.status is not SymbolStatus.OK) or sym.load_order_dependent:
                 status = "undetermined" if sym.status is None else sym.status.value
@@ -169,6 +176,23 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
             if verbose or sec.state is SectionState.FAILS:
                 count = "relocations unknown" if sec.relocations is None else f"{sec.relocations} relocations"
                 lines.append(f"    section {sec.name} -> {sec.target_section}: {sec.state.value}, {count}")
+    return lines
+
+
+def _function_lines(functions: Iterable[FunctionResult], verbose: bool) -> list[str]:
+    """The replaced functions: those the kernel will refuse or that depend on the load order (all with -v)."""
+    lines = []
+    for f in functions:
+        bad = f.status not in (None, FunctionStatus.OK)
+        if verbose or bad or f.load_order_dependent:
+            status = "undetermined" if f.status is None else f.status.value
+            extra = "  LOAD-ORDER DEPENDENT" if f.load_order_dependent else ""
+            owner = f"  now: {f.owner}" if f.owner else ""
+            if f.owner_after and f.owner_after != f.owner:
+                owner += f", after: {f.owner_after}"
+            lines.append(f"    function {status:<19} {f.name},{f.sympos} -> {f.new_func or '?'}{owner}{extra}")
+            if f.kernel_message:
+                lines.append(f"      kernel: {f.kernel_message}")
     return lines
 
 

@@ -21,6 +21,7 @@ from klpd.model import (
     RunningPatch,
     SysfsPatch,
 )
+from klpd.model_description import PatchDescription
 from klpd.model_loader import KernelBuild, ModuleSigning
 
 
@@ -35,6 +36,14 @@ class SymbolIndex(Protocol):
 
     def find(self, obj: str, name: str) -> Occurrences:
         """How often ``name`` occurs in object ``obj`` as klp_find_object_symbol() searches it."""
+        ...
+
+
+class TraceIndex(Protocol):
+    """What the prediction needs of tracefs available_filter_functions (klpd.sources.ftrace.FtraceIndex)."""
+
+    def count(self, obj: str, name: str) -> int:
+        """How many ftrace records the functions named ``name`` in object ``obj`` have."""
         ...
 
 
@@ -54,11 +63,36 @@ class SystemState:
     kernel_semantics: KernelSemantics | None = None  # default: the rules of kernel.release
     kernel_build: KernelBuild | None = None  # vermagic, struct module size, symbol CRCs of the running kernel
     module_signing: ModuleSigning | None = None  # sig_enforce, lockdown, trusted keys, modules_disabled
+    ftrace: TraceIndex | None = None  # available_filter_functions; None: not readable, traceability not checked
+    # The descriptions of the loaded patches, read from their files (their states: klp_is_patch_compatible())
+    loaded_descriptions: Mapping[str, PatchDescription] = field(default_factory=dict)
 
     @functools.cached_property
     def semantics(self) -> KernelSemantics:
         """The rules of the running kernel's version, which every version-dependent verdict consults."""
         return self.kernel_semantics or semantics_for(self.kernel.release)
+
+    @functools.cached_property
+    def patch_stack(self) -> tuple[str, ...]:
+        """The loaded patches, bottom first: by ``stack_order`` (6.14+), else by load order, which /proc/modules
+        gives newest first (a patch is enabled by its own init, so the orders agree)."""
+        patches = self.livepatches
+        if patches and all(p.stack_order is not None for p in patches):
+            return tuple(p.name for p in sorted(patches, key=lambda p: p.stack_order or 0))
+        age = {name: i for i, name in enumerate(self.modules)}
+        return tuple(p.name for p in sorted(patches, key=lambda p: -age.get(p.name, len(age))))
+
+    @functools.cached_property
+    def function_owners(self) -> Mapping[tuple[str, str, int], str]:
+        """(object, function, sympos as sysfs shows it) -> the loaded patch whose version runs: the top of the
+        kernel's func stack, which is the newest patch listing the function."""
+        by_name = {p.name: p for p in self.livepatches}
+        owners: dict[tuple[str, str, int], str] = {}
+        for name in self.patch_stack:
+            for obj in by_name[name].objects:
+                for func in obj.functions:
+                    owners[(obj.name, func.name, func.sympos)] = name
+        return owners
 
     def is_loaded(self, obj: str) -> bool:
         """vmlinux, or a module /proc/modules lists."""

@@ -4,7 +4,9 @@ The checks, in the order load_module() makes them (kernel-checks.md rows): modul
 (B, :mod:`.module_signature`), the struct module layout (C2, C5) and vermagic (C6) (:mod:`.module_version`),
 livepatch support (C7), a module of the same name (C9), the imported symbols: exported, with the kernel's CRCs
 (D1, D2); then the ``.klp.rela.vmlinux.*`` sections the loader applies (D5, from :mod:`.sections`), and in
-klp_enable_patch() the ``livepatch`` modinfo tag (E2) and another patch in transition (E13).
+klp_enable_patch() the ``livepatch`` modinfo tag (E2), the states of the loaded patches (E5, :mod:`.states`), the
+description itself and the functions it replaces in the objects that are there now (E1, E7-E12, E16,
+:mod:`.functions`), and another patch in transition (E13).
 
 Each is a :class:`~klpd.model_loader.LoadCheck` (``ok``, ``fails``, or ``unknown`` where what it needs could not be
 read); every failure is a reason the load fails, quoting the kernel where it logs one. The kernel stops at the
@@ -14,24 +16,35 @@ first; all are listed, in its order.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from klpd import kernel_messages as msg
 from klpd.model import ObjectStatus, PatchModule, Problem, SectionState, Severity
+from klpd.model_description import FunctionStatus
 from klpd.model_loader import CheckResult, LoadCheck, LoadCheckName
+from klpd.predict.functions import DescriptionFaults, enable_refusals
 from klpd.predict.inputs import PatchInput, SystemState
 from klpd.predict.module_signature import signature_check
 from klpd.predict.module_symbols import symbols_check
 from klpd.predict.module_version import module_layout_check, vermagic_check
+from klpd.predict.states import states_check
 
 
 @dataclass(frozen=True)
 class LoaderVerdict:
     checks: tuple[LoadCheck, ...]
-    symbol_lines: tuple[str, ...] = ()  # what the kernel logs for the imports it refuses, in symtab order
+    # What the kernel logs for a check that fails on several things (the imports it refuses, the functions), in its
+    # order; a check not here has its one kernel_message.
+    lines: dict[LoadCheckName, tuple[str, ...]] = field(default_factory=dict)
 
 
-def load_checks(system: SystemState, p: PatchInput, loaded: bool) -> LoaderVerdict:
+def load_checks(
+    system: SystemState,
+    p: PatchInput,
+    loaded: bool,
+    objects: Sequence[ObjectStatus] = (),
+    faults: DescriptionFaults | None = None,
+) -> LoaderVerdict:
     """The loader's checks of insmod of ``p``'s file, in the kernel's order (none without a file)."""
     module = p.module
     if module is None:
@@ -49,9 +62,16 @@ def load_checks(system: SystemState, p: PatchInput, loaded: bool) -> LoaderVerdi
     symbols = symbols_check(system, module)
     checks.append(symbols.check)
     checks.append(_livepatch_tag(module))
+    lines = {LoadCheckName.SYMBOLS: symbols.lines}
+    if module.description is not None and faults is not None:
+        checks.append(states_check(system, module, p.name))
+        checks.append(_description(faults))
+        lines[LoadCheckName.DESCRIPTION] = faults.refusals
+        functions, lines[LoadCheckName.FUNCTIONS] = _functions(system, p.name, objects)
+        checks.append(functions)
     if not loaded:
         checks.append(_transition(system))
-    return LoaderVerdict(tuple(checks), symbols.lines)
+    return LoaderVerdict(tuple(checks), lines)
 
 
 def load_reasons(
@@ -89,17 +109,57 @@ def load_reasons(
 
 
 # Checks klp_enable_patch() makes, after the loader has applied the vmlinux sections.
-_AFTER_SECTIONS = frozenset({LoadCheckName.LIVEPATCH_TAG, LoadCheckName.TRANSITION})
+_AFTER_SECTIONS = frozenset(
+    {
+        LoadCheckName.LIVEPATCH_TAG,
+        LoadCheckName.STATES,
+        LoadCheckName.DESCRIPTION,
+        LoadCheckName.FUNCTIONS,
+        LoadCheckName.TRANSITION,
+    }
+)
 
 
 def _check_reasons(verdict: LoaderVerdict, failing: Sequence[LoadCheck]) -> list[str]:
     out: list[str] = []
     for check in failing:
-        if check.check is LoadCheckName.SYMBOLS:
-            out.extend(verdict.symbol_lines)
+        lines = verdict.lines.get(check.check)
+        if lines:
+            out.extend(lines)
         else:
             out.append(check.kernel_message or check.detail)
     return out
+
+
+def _description(faults: DescriptionFaults) -> LoadCheck:
+    check = LoadCheckName.DESCRIPTION
+    if not faults.refusals:
+        return LoadCheck(check, CheckResult.OK, "every object and function is well formed")
+    first = next(p for p in faults.problems if (p.kernel_message or p.message) == faults.refusals[0])
+    errno = "EEXIST" if first.code.endswith("_duplicated") else "EINVAL"
+    return LoadCheck(check, CheckResult.FAILS, first.message, first.kernel_message, errno)
+
+
+def _functions(system: SystemState, patch: str, objects: Sequence[ObjectStatus]) -> tuple[LoadCheck, tuple[str, ...]]:
+    """The replaced functions of the objects that are there now: klp_init_object_loaded(), klp_patch_func()."""
+    check = LoadCheckName.FUNCTIONS
+    here = [o for o in objects if o.loaded]
+    lines: list[str] = []
+    for obj in here:
+        lines += enable_refusals(patch, obj.name, obj.functions)
+    if lines:
+        obj, bad = next((o, f) for o in here for f in o.functions if f.status not in (None, FunctionStatus.OK))
+        detail = f"function '{bad.name}' (sympos {bad.sympos}) of object '{obj.name}': {bad.status}"
+        return LoadCheck(check, CheckResult.FAILS, detail, lines[0], "EINVAL"), tuple(dict.fromkeys(lines))
+    unchecked = [f.name for o in here for f in o.functions if f.status is FunctionStatus.OK and f.traceable is None]
+    if unchecked and system.ftrace is None:
+        detail = (
+            f"{len(unchecked)} function(s) resolve; their ftrace locations were not checked: tracefs"
+            " available_filter_functions is not readable (root only)"
+        )
+        return LoadCheck(check, CheckResult.UNKNOWN, detail), ()
+    count = sum(len(o.functions) for o in here)
+    return LoadCheck(check, CheckResult.OK, f"{count} function(s) of loaded objects resolve and are traceable"), ()
 
 
 def _modules_disabled(system: SystemState) -> LoadCheck:

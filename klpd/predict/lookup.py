@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from klpd import kernel_messages as msg
-from klpd.model import VMLINUX, ModuleSymtab, Occurrences, SymbolStatus
+from klpd.model import VMLINUX, ModuleSymtab, Occurrences, Problem, SymbolStatus
+from klpd.predict.inputs import SymbolIndex
 
 
 def lookup(addresses: Sequence[int], sympos: int, addresses_visible: bool = True) -> SymbolStatus:
@@ -79,3 +80,38 @@ def lookup_message(status: SymbolStatus, obj: str, name: str, sympos: int) -> st
         case SymbolStatus.SYMPOS_NOT_FOUND:
             return msg.SYMPOS_NOT_FOUND.format(sympos=sympos, name=name, object=obj)
     return None
+
+
+@dataclass(frozen=True)
+class Found:
+    """klp_find_object_symbol()'s answer in one object; ``status`` None: its symbol table could not be read."""
+
+    status: SymbolStatus | None
+    occurrences: int | None
+    load_order_dependent: bool = False
+
+
+def find_in_object(
+    kallsyms: SymbolIndex, loaded: bool, obj: str, name: str, sympos: int, *, symtab: ModuleSymtab | Problem | None
+) -> Found:
+    """klp_find_object_symbol() in object ``obj``: /proc/kallsyms when it is loaded (vmlinux always), else the FULL
+    symtab of its ``.ko``, which klp_module_coming() searches while the module loads.
+
+    ``load_order_dependent``: the .ko's full symtab (the module loaded after the patch) and its core part (what
+    kallsyms shows once it is loaded: the patch loaded after the module) give different answers, or the same answer
+    naming different entries (an ``.init.text`` copy, freed after the module's init). ``symtab`` None skips it.
+    """
+    if loaded:
+        found = kallsyms.find(obj, name)
+        status = lookup_occurrences(found, sympos, kallsyms.addresses_visible)
+        dependent = False
+        if obj != VMLINUX and isinstance(symtab, ModuleSymtab):
+            full = symtab_pick(symtab, name, sympos, None)
+            now = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
+            dependent = full.status is not status or full.entry != now.entry
+        return Found(status, found.matches, dependent)
+    if not isinstance(symtab, ModuleSymtab):
+        return Found(None, None)  # no readable .ko: what klp_module_coming() will see cannot be known
+    full = symtab_pick(symtab, name, sympos, None)
+    later = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
+    return Found(full.status, full.count, full.status is not later.status or full.entry != later.entry)

@@ -7,15 +7,24 @@ from collections.abc import Sequence
 
 from klpd import kernel_messages as msg
 from klpd.model import ModuleLoad, ModuleSymtab, Problem, SectionResult, SectionState
+from klpd.model_description import FunctionResult
+from klpd.predict.functions import failing as failing_functions
 from klpd.predict.inputs import SystemState
 
 _EINVAL = -22
 
 
 def module_load(
-    patch: str, obj: str, sections: Sequence[SectionResult], system: SystemState, symtab: ModuleSymtab | Problem | None
+    patch: str,
+    obj: str,
+    sections: Sequence[SectionResult],
+    system: SystemState,
+    symtab: ModuleSymtab | Problem | None,
+    *,
+    functions: Sequence[FunctionResult] = (),
 ) -> tuple[ModuleLoad, tuple[str, ...]]:
-    """Verdict for loading module ``obj`` later, when klp_module_coming() applies the sections of ``obj``."""
+    """Verdict for loading module ``obj`` later, when klp_module_coming() applies the sections of ``obj``, then
+    looks up the functions the patch replaces in it (klp_init_object_loaded())."""
     release = system.kernel.release
     if not system.modules_dep_read:
         return ModuleLoad.UNKNOWN, (
@@ -30,9 +39,11 @@ def module_load(
     if symtab is None:
         return ModuleLoad.UNKNOWN, (f"the .ko of module '{obj}' was not read",)
     failing = [s for s in sections if s.state is SectionState.FAILS]
-    if not failing:
+    bad_functions = [f.kernel_message for f in failing_functions(functions) if f.kernel_message]
+    if not failing and not bad_functions:
         return ModuleLoad.OK, ()
-    reasons = [reason for s in failing for reason in s.reasons]
+    # The kernel stops at the first failure: the relocations come first, then the lookups.
+    reasons = [reason for s in failing for reason in s.reasons] if failing else bad_functions[:1]
     reasons.append(msg.PATCH_INIT_FAILED.format(patch=patch, module=obj, errno=_EINVAL))
     reasons.append(msg.MODULE_LOAD_REFUSED.format(patch=patch, module=obj))
     return ModuleLoad.REFUSED, tuple(dict.fromkeys(reasons))

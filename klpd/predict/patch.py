@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from klpd.model import (
@@ -17,11 +18,14 @@ from klpd.model import (
     SymbolResult,
     SysfsPatch,
 )
+from klpd.model_description import FunctionResult
+from klpd.predict.functions import DescriptionFaults, description_faults, failing, judge_functions
 from klpd.predict.inputs import PatchInput, SystemState
 from klpd.predict.loader import load_checks, load_reasons
 from klpd.predict.module_load import module_load
 from klpd.predict.running import running_sections
 from klpd.predict.sections import PatchEvaluation, file_sections, section_result
+from klpd.predict.states import replaced_by
 
 
 def compute_status(system: SystemState, patches: Iterable[PatchInput]) -> HostStatus:
@@ -64,10 +68,31 @@ def _evaluate(
     return sections, symbols
 
 
+def _functions(system: SystemState, p: PatchInput, sysfs: SysfsPatch | None) -> dict[str, tuple[FunctionResult, ...]]:
+    """Each object's replaced functions: judged from the file's description, else as sysfs lists them."""
+    desc = p.module.description if p.module else None
+    out: dict[str, tuple[FunctionResult, ...]] = {}
+    if desc is not None:
+        width = system.semantics.ksym_name_max
+        for obj in desc.objects:
+            judged = judge_functions(system, p.name, obj, p.target_symtabs.get(obj.kernel_name), width)
+            out[obj.kernel_name] = out.get(obj.kernel_name, ()) + judged
+    elif sysfs is not None:
+        for sysfs_obj in sysfs.objects:
+            out[sysfs_obj.name] = tuple(
+                FunctionResult(
+                    f.name, f.sympos, None, owner=system.function_owners.get((sysfs_obj.name, f.name, f.sympos))
+                )
+                for f in sysfs_obj.functions
+            )
+    return out
+
+
 def _objects(system: SystemState, p: PatchInput, sysfs: SysfsPatch | None) -> tuple[ObjectStatus, ...]:
     sysfs_objects = {o.name: o for o in sysfs.objects} if sysfs else {}
     sections, symbols = _evaluate(system, p, sysfs)
-    names = set(sections) | set(symbols) | set(sysfs_objects)
+    functions = _functions(system, p, sysfs)
+    names = set(sections) | set(symbols) | set(sysfs_objects) | set(functions)
     out = []
     for name in sorted(names, key=lambda n: (n != VMLINUX, n)):
         loaded = system.is_loaded(name)
@@ -78,7 +103,7 @@ def _objects(system: SystemState, p: PatchInput, sysfs: SysfsPatch | None) -> tu
         if not loaded:
             symtab = p.target_symtabs.get(name)
             target_path = symtab.path if isinstance(symtab, ModuleSymtab) else None
-            load, reasons = module_load(p.name, name, obj_sections, system, symtab)
+            load, reasons = module_load(p.name, name, obj_sections, system, symtab, functions=functions.get(name, ()))
         sysfs_obj = sysfs_objects.get(name)
         out.append(
             ObjectStatus(
@@ -90,7 +115,7 @@ def _objects(system: SystemState, p: PatchInput, sysfs: SysfsPatch | None) -> tu
                 reasons=reasons,
                 sections=obj_sections,
                 symbols=tuple(symbols.get(name, ())),
-                functions=sysfs_obj.functions if sysfs_obj else (),
+                functions=functions.get(name, ()),
             )
         )
     return tuple(out)
@@ -128,6 +153,10 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
     if p.file_problem is not None:
         problems.append(p.file_problem)
     objects = _objects(system, p, sysfs)
+    faults: DescriptionFaults | None = None
+    if module is not None and module.description is not None:
+        faults = description_faults(module, module.description, system.semantics.ksym_name_max)
+        problems.extend(faults.problems)
     release = system.kernel.release
     for obj in objects:
         if obj.module_load is ModuleLoad.UNKNOWN and system.modules_dep_read and obj.name not in system.known_modules:
@@ -140,17 +169,21 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
                     subject=obj.name,
                 )
             )
-    verdict = load_checks(system, p, loaded and not p.candidate)
+    verdict = load_checks(system, p, loaded and not p.candidate, objects, faults)
     reasons, load_problems = load_reasons(system, p, loaded and not p.candidate, objects, verdict)
     problems.extend(load_problems)
     problems.extend(_file_problems(system, p, loaded))
+    desc = module.description if module else None
+    replace = sysfs.replace if sysfs else (desc.replace if desc else None)
+    if not loaded and not reasons:
+        objects = _owned_after(objects, p.name)
     return PatchStatus(
         name=p.name,
         path=p.path or (module.path if module else None),
         loaded=loaded,
         enabled=sysfs.enabled if sysfs else None,
         transition=sysfs.transition if sysfs else None,
-        replace=sysfs.replace if sysfs else None,
+        replace=replace,
         stack_order=sysfs.stack_order if sysfs else None,
         vermagic=module.modinfo.vermagic if module else None,
         srcversion=module.modinfo.srcversion if module else system.loaded_srcversions.get(p.name),
@@ -160,4 +193,17 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
         problems=tuple(problems),
         load_checks=verdict.checks,
         signature=module.signature if module else None,
+        replaces=replaced_by(system, p.name, replace) if not loaded else (),
     )
+
+
+def _owned_after(objects: tuple[ObjectStatus, ...], patch: str) -> tuple[ObjectStatus, ...]:
+    """A patch that will load owns each of its functions that resolves, once its transition completes."""
+    out = []
+    for obj in objects:
+        funcs = tuple(
+            dataclasses.replace(f, owner_after=patch if f.status is not None and not failing([f]) else f.owner)
+            for f in obj.functions
+        )
+        out.append(dataclasses.replace(obj, functions=funcs))
+    return tuple(out)

@@ -26,7 +26,7 @@ from klpd.model import (
     SymbolStatus,
 )
 from klpd.predict.inputs import SystemState
-from klpd.predict.lookup import core_bit, lookup_message, lookup_occurrences, symtab_pick
+from klpd.predict.lookup import Found, find_in_object, lookup_message
 
 # Where the kernel stops at a symbol that is not SHN_LIVEPATCH: (.symtab section index, relocation index).
 Position = Callable[[int], tuple[int, int]]
@@ -99,35 +99,22 @@ def symbol_status(
             elf_name=sym.name,
             kernel_message=msg.VMLINUX_FROM_MODULE_SECTION.format(name=name),
         )
-    kallsyms = system.kallsyms
-    load_order_dependent = False
-    if system.is_loaded(obj):
-        found = kallsyms.find(obj, name)
-        occurrences = found.matches
-        status = lookup_occurrences(found, sympos, kallsyms.addresses_visible)
-        symtab = symtabs.get(obj)
-        if obj != VMLINUX and obj == sec_obj and isinstance(symtab, ModuleSymtab):
-            # Had the module loaded after the patch, klp_module_coming() would have searched its full symtab.
-            full = symtab_pick(symtab, name, sympos, None)
-            now = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
-            # The answer now is the core symtab's (what kallsyms shows): compare the status and the entry chosen.
-            load_order_dependent = full.status is not status or full.entry != now.entry
-    elif obj == sec_obj:
-        # klp_module_coming(): the module being loaded, its full ELF symtab.
-        symtab = symtabs.get(obj)
-        if not isinstance(symtab, ModuleSymtab):
-            # No readable .ko: what klp_module_coming() will see cannot be known.
-            return SymbolResult(obj, name, sympos, None, sym.name)
-        full = symtab_pick(symtab, name, sympos, None)
-        later = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
-        occurrences, status = full.count, full.status
-        # Different answers, or the same answer naming different entries (e.g. an .init.text copy, freed after the
-        # module's init, when the patch loads first; the .text one when the module was there first).
-        load_order_dependent = full.status is not later.status or full.entry != later.entry
-    else:
+    if obj != sec_obj and not system.is_loaded(obj):
         # Another module that is not loaded: the kernel only searches loaded modules.
-        occurrences = 0
-        status = SymbolStatus.NOT_FOUND
+        found = Found(SymbolStatus.NOT_FOUND, 0)
+    else:
+        # The section's own object: its .ko's full symtab also tells whether the answer depends on the load order.
+        found = find_in_object(
+            system.kallsyms,
+            system.is_loaded(obj),
+            obj,
+            name,
+            sympos,
+            symtab=symtabs.get(obj) if obj == sec_obj else None,
+        )
+    if found.status is None:
+        return SymbolResult(obj, name, sympos, None, sym.name)
+    status, occurrences, load_order_dependent = found.status, found.occurrences, found.load_order_dependent
     return SymbolResult(
         object=obj,
         name=name,
