@@ -3,6 +3,9 @@ and what it reports for malformed and missing descriptions."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from descriptions import (
     ARCHES,
@@ -18,8 +21,19 @@ from descriptions import (
     section_of,
     static_patch,
 )
-from elfwriter import SHF_ALLOC, SHF_WRITE, SHT_PROGBITS, STT_OBJECT, KlpModule, Reloc
+from elfwriter import (
+    SHF_ALLOC,
+    SHF_WRITE,
+    SHT_NOBITS,
+    SHT_PROGBITS,
+    STB_LOCAL,
+    STT_OBJECT,
+    STT_SECTION,
+    KlpModule,
+    Reloc,
+)
 
+from klpd.cli import main
 from klpd.elf import parse_patch_module
 from klpd.model import PatchModule, Severity
 from klpd.model_description import (
@@ -273,3 +287,47 @@ def test_no_description_is_a_warning_naming_the_file_and_what_was_looked_for() -
 def test_a_module_that_is_not_a_livepatch_gets_no_description_warning() -> None:
     pm = parse(KlpModule("plain", livepatch=False))
     assert [p.code for p in pm.problems] == ["not_livepatch_module"]
+
+
+def test_an_all_zero_function_array_in_bss_is_an_empty_list() -> None:
+    """The samples' ``static struct klp_func no_funcs[] = { {} };`` is all zeros, so gcc puts it in .bss."""
+    m = static_patch(X86_64, [("livepatch_callbacks_mod", [], ["pre_patch", "post_patch"])])
+    m.section(".bss", type=SHT_NOBITS, flags=SHF_ALLOC | SHF_WRITE, size=152, addralign=8)
+    m.symbol(".bss", type=STT_SECTION, bind=STB_LOCAL, shndx=".bss")
+    funcs = next(r for r in relocs_of(m, ".data") if r.offset == 200 + 8)  # objs[0].funcs
+    funcs.symbol, funcs.addend = ".bss", 0
+    pm = parse(m)
+    assert pm.problems == ()
+    assert pm.description is not None
+    assert pm.description.objects == (ObjectDescription("livepatch_callbacks_mod", (), ("pre_patch", "post_patch")),)
+
+
+def test_inspect_shows_the_description(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ko = tmp_path / "livepatch-sample.ko"
+    ko.write_bytes(build(static_patch(X86_64, [*OBJECTS, ("xfs", None, [])], states=[(0x1234, 2)])))
+    bare = tmp_path / "livepatch-bare.ko"
+    bare.write_bytes(KlpModule("livepatch_bare").build())
+    assert main(["inspect", "--json", str(ko), str(bare)]) == 0  # a missing description is a warning only
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert files[0]["description"] == {
+        "found_by": "static",
+        "replace": False,
+        "states": [{"id": 0x1234, "version": 2}],
+        "objects": [
+            {"name": None, "callbacks": [], "functions": [
+                {"old_name": "cmdline_proc_show", "old_sympos": 0, "new_func": "lp_cmdline"},
+                {"old_name": "dup_name", "old_sympos": 2, "new_func": "lp_dummy"}]},
+            {"name": "ext4", "callbacks": ["pre_patch", "post_unpatch"], "functions": [
+                {"old_name": "ext4_attr_store", "old_sympos": 0, "new_func": "lp_ext4_attr_store"}]},
+            {"name": "xfs", "callbacks": [], "functions": None},
+        ],
+    }  # fmt: skip
+    assert files[1]["description"] is None
+    assert [p["code"] for p in files[1]["problems"]] == ["description_not_found"]
+    assert main(["inspect", str(ko)]) == 0
+    text = capsys.readouterr().out
+    assert "  Description (found by static: patch in .data, 5.5+ layout), replace no:\n" in text
+    assert "    states: id 4660 version 2\n" in text
+    assert "    object vmlinux (NULL name): 2 functions\n      cmdline_proc_show,0 -> lp_cmdline\n" in text
+    assert "    object ext4: 1 functions, callbacks pre_patch, post_unpatch\n" in text
+    assert "      dup_name,2 -> lp_dummy\n" in text and "    object xfs: funcs NULL\n" in text

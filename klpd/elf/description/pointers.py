@@ -58,8 +58,7 @@ class Image:
         return f"{name}+{offset:#x}"
 
     def section_size(self, sec: int) -> int:
-        shdr = self.elf.sections[sec]
-        return 0 if shdr.type == SHT_NOBITS else shdr.size
+        return self.elf.sections[sec].size
 
     # -- relocations ----------------------------------------------------------------------------------------------
     def relocations(self, sec: int) -> dict[int, tuple[int, int, int]]:
@@ -96,7 +95,12 @@ class Image:
     def read(self, sec: int, offset: int, size: int) -> bytes:
         if offset < 0 or offset + size > self.section_size(sec):
             raise Corrupt(self.where(sec, offset), f"reading {size} bytes runs past the section's end")
-        start = self.elf.sections[sec].offset + offset
+        shdr = self.elf.sections[sec]
+        if shdr.type == SHT_NOBITS:
+            # .bss: an all-zero array such as the samples' "static struct klp_func no_funcs[] = { {} };" lands
+            # here, and the kernel reads zeros, whatever the file size says (sh_size is not backed by bytes).
+            return bytes(size)
+        start = shdr.offset + offset
         return self.elf.data[start : start + size]
 
     def word(self, sec: int, offset: int) -> int:
@@ -147,7 +151,7 @@ class Image:
         size = self.section_size(target.section)
         if not 0 <= target.offset < size:
             raise Corrupt(where, f"string pointer {self.where(target.section, target.offset)} is past the section")
-        chunk = self.read(target.section, target.offset, min(MAX_STRING, size - target.offset))
+        chunk = self.read(target.section, target.offset, min(MAX_STRING, size - target.offset))  # .bss: ""
         end = chunk.find(b"\0")
         if end < 0 and len(chunk) < MAX_STRING:
             raise Corrupt(where, f"string at {self.where(target.section, target.offset)} has no terminating NUL")

@@ -90,13 +90,19 @@ class Symbols:
         """The name of the symbol covering (section, offset), functions first; None if none does."""
         starts, syms = self._section_symbols(sec)
         best: Sym | None = None
+        best_rank = -1
         i = bisect.bisect_right(starts, offset)
         # Symbols of a relocatable object do not nest, so the nearest few starting at or before offset suffice;
         # look back a bounded distance to stay linear on a file with thousands of symbols at one address.
         for sym in reversed(syms[max(0, i - 8) : i]):
-            covers = sym.value == offset or sym.value <= offset < sym.value + sym.size
-            if covers and (best is None or (sym.type == STT_FUNC and best.type != STT_FUNC)):
-                best = sym
+            inside = sym.value <= offset < sym.value + sym.size
+            if not (inside or sym.value == offset):
+                continue
+            # A function first, then a symbol whose size covers the offset (the array "patch" rather than a
+            # zero-sized linker marker such as 6.12's __start_alloc_tags at the same address).
+            rank = 2 * (sym.type == STT_FUNC) + inside
+            if rank > best_rank:
+                best, best_rank = sym, rank
         return best.name if best is not None else None
 
     def symbols_at(self, sec: int, offset: int) -> list[Sym]:
