@@ -164,8 +164,8 @@ def section_of(m: KlpModule, name: str) -> Section:
 
 
 # -- static struct klp_patch -------------------------------------------------------------------------------------
-STATIC_SIZES = {(8, "5.5+"): (200, 168, 152), (8, "4.16-5.0"): (136, 136, 136),
-                (4, "5.5+"): (104, 88, 80), (4, "4.16-5.0"): (72, 72, 72)}  # fmt: skip
+STATIC_SIZES = {(8, "5.5+"): (200, 168, 152), (8, "5.1-5.4"): (192, 168, 152), (8, "4.16-5.0"): (136, 136, 136),
+                (4, "5.5+"): (104, 88, 80), (4, "5.1-5.4"): (100, 88, 80), (4, "4.16-5.0"): (72, 72, 72)}  # fmt: skip
 
 
 def static_patch(arch: Arch, objects: list[Obj], *, states: list[tuple[int, int]] | None = None,
@@ -189,6 +189,7 @@ def static_patch(arch: Arch, objects: list[Obj], *, states: list[tuple[int, int]
     data.ptr((".data", objs_off))
     if layout == "5.5+":
         data.ptr((".data", states_off) if states is not None else None)
+    if layout != "4.16-5.0":
         data.data += bytes([int(replace)])
     data.zeros_to(objs_off)
     for (name, funcs, callbacks), f_off in zip(objects, func_offsets, strict=True):

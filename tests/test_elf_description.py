@@ -86,6 +86,13 @@ def test_static_patch_4_18_layout_has_no_states_and_no_replace(arch: Arch) -> No
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHES, ids=arch_id)
+def test_static_patch_5_1_layout_has_replace_but_no_states(arch: Arch) -> None:
+    pm = parse(static_patch(arch, OBJECTS, layout="5.1-5.4", replace=True), arch)
+    assert pm.problems == ()
+    assert pm.description == PatchDescription(FoundBy.STATIC, "patch in .data, 5.1-5.4 layout", True, (), EXPECTED)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHES, ids=arch_id)
 def test_static_patch_is_found_without_symbols_and_without_call_site(arch: Arch) -> None:
     pm = parse(static_patch(arch, OBJECTS, states=[], symbols=False, call_site=False, patch_offset=64), arch)
     assert pm.problems == ()

@@ -24,12 +24,12 @@ _ABSOLUTE: dict[int, tuple[int, int]] = {
 }
 
 # Sizes of the static structs (patch-formats.md §1.2), newest first: (name, klp_patch, klp_object, klp_func) by
-# pointer size.
-# 5.5+ is byte-identical up to 7.2; 4.16-5.0 (upstream 4.18, RHEL 8's 4.18.0 carries the 5.5 layout) has neither
-# states nor replace. Only distribution configs are covered: CONFIG_DEBUG_KOBJECT_RELEASE or LOCKDEP grow them.
+# pointer size. 5.5+ is byte-identical up to 7.2; 5.1-5.4 has replace but no states (a 5.1-5.4 patch with replace
+# false reads the same either way); 4.16-5.0 (upstream 4.18; RHEL 8's 4.18.0 carries the 5.5 layout) has neither.
+# Only distribution configs are covered: CONFIG_DEBUG_KOBJECT_RELEASE or LOCKDEP grow the structs.
 STATIC_STRIDES: dict[int, tuple[tuple[str, int, int, int], ...]] = {
-    8: (("5.5+", 200, 168, 152), ("4.16-5.0", 136, 136, 136)),
-    4: (("5.5+", 104, 88, 80), ("4.16-5.0", 72, 72, 72)),
+    8: (("5.5+", 200, 168, 152), ("5.1-5.4", 192, 168, 152), ("4.16-5.0", 136, 136, 136)),
+    4: (("5.5+", 104, 88, 80), ("5.1-5.4", 100, 88, 80), ("4.16-5.0", 72, 72, 72)),
 }
 MAX_ENTRIES = 65536  # more objects, functions or states than this in one description is corruption, not a patch
 MAX_STRING = 4096  # bytes read for one name; longer names are cut (the prediction flags what the kernel refuses)

@@ -92,17 +92,19 @@ class _Walker:
     def patch(self, sec: int, off: int) -> PatchDescription:
         image, p = self.image, self.p
         where = image.where(sec, off)
-        modern = self.stride.version == "5.5+"
+        # The bool replace sits after states (5.5+) or objs (5.1-5.4); 4.16-5.0 has neither: no atomic replace.
+        replace_at = {"5.5+": 3 * p, "5.1-5.4": 2 * p}.get(self.stride.version)
         size = self.stride.patch
-        ext_end = 4 * p if modern else 2 * p
         if off + size > image.section_size(sec):
             raise Corrupt(where, "the section ends inside the klp_patch")
-        if modern and any(image.read(sec, off + 3 * p + 1, p - 1)):
+        if replace_at is not None and any(image.read(sec, off + replace_at + 1, p - 1)):
             raise Corrupt(where, "klp_patch padding after replace is not zero")
-        self._zero(sec, off + ext_end, off + size, "klp_patch")
+        self._zero(sec, off + (replace_at or p) + p, off + size, "klp_patch")
         objs_sec, objs_off = self._array(image.pointer(sec, off + p), where, "objs")
-        states = self._states(image.pointer(sec, off + 2 * p), image.where(sec, off + 2 * p)) if modern else ()
-        replace = bool(image.read(sec, off + 3 * p, 1)[0]) if modern else False
+        states: tuple[StateDescription, ...] = ()
+        if self.stride.version == "5.5+":
+            states = self._states(image.pointer(sec, off + 2 * p), image.where(sec, off + 2 * p))
+        replace = bool(image.read(sec, off + replace_at, 1)[0]) if replace_at is not None else False
         objects = self._objects(objs_sec, objs_off)
         sym, section = image.symbols.name_at(sec, off) or image.where(sec, off), image.elf.section_name(sec)
         where = f"{sym} in {section}, {self.stride.version} layout"
