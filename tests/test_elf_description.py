@@ -338,3 +338,10 @@ def test_inspect_shows_the_description(tmp_path: Path, capsys: pytest.CaptureFix
     assert "    object vmlinux (NULL name): 2 functions\n      cmdline_proc_show,0 -> lp_cmdline\n" in text
     assert "    object ext4: 1 functions, callbacks pre_patch, post_unpatch\n" in text
     assert "      dup_name,2 -> lp_dummy\n" in text and "    object xfs: funcs NULL\n" in text
+
+
+def test_a_static_array_longer_than_any_patch_is_corrupt() -> None:
+    """65,537 states: the kernel would walk them, but no patch has that many entries in one array."""
+    m = static_patch(X86_64, OBJECTS[:1], states=[(i + 1, 1) for i in range(65537)])
+    message = only_problem(parse(m), "description_corrupt")
+    assert "more than 65536 entries in one array" in message

@@ -61,10 +61,14 @@ class _Walker:
         self.stride = stride
         self.budget = budget
 
-    def _spend(self, where: str) -> None:
+    def _spend(self, sec: int, off: int, index: int) -> None:
+        """Count one array entry: more than MAX_ENTRIES in one array is corruption, and the search as a whole
+        stops after a few times that (every candidate's arrays walked once per layout), so it stays linear."""
+        if index >= MAX_ENTRIES:
+            raise Corrupt(self.image.where(sec, off), f"more than {MAX_ENTRIES} entries in one array")
         self.budget[0] -= 1
         if self.budget[0] < 0:
-            raise TooLarge(where, f"more than {MAX_ENTRIES} array entries: not a patch description")
+            raise TooLarge(self.image.where(sec, off), f"more than {4 * MAX_ENTRIES} array entries searched")
 
     def _zero(self, sec: int, start: int, end: int, what: str) -> None:
         """The internal fields of an element: all zero, no relocation (else: wrong stride, or not this struct)."""
@@ -97,8 +101,9 @@ class _Walker:
         size = self.stride.patch
         if off + size > image.section_size(sec):
             raise Corrupt(where, "the section ends inside the klp_patch")
-        if replace_at is not None and any(image.read(sec, off + replace_at + 1, p - 1)):
-            raise Corrupt(where, "klp_patch padding after replace is not zero")
+        if replace_at is not None and (any(image.read(sec, off + replace_at + 1, p - 1))
+                                       or image.has_relocation(sec, off + replace_at, off + replace_at + p)):
+            raise Corrupt(where, "no bool replace where this layout has it")  # e.g. 5.5+'s states pointer
         self._zero(sec, off + (replace_at or p) + p, off + size, "klp_patch")
         objs_sec, objs_off = self._array(image.pointer(sec, off + p), where, "objs")
         states: tuple[StateDescription, ...] = ()
@@ -118,7 +123,7 @@ class _Walker:
         step = image.layout.state_size
         out: list[StateDescription] = []
         for off in range(base, image.section_size(sec) - step + 1, step):
-            self._spend(where)
+            self._spend(sec, off, len(out))
             state_id = self._scalar(sec, off)
             if state_id == 0:
                 self._check_size(sec, base, len(out), step, "klp_state array")
@@ -131,7 +136,7 @@ class _Walker:
         out: list[ObjectDescription] = []
         off = base
         while off + 2 * p <= image.section_size(sec):
-            self._spend(image.where(sec, off))
+            self._spend(sec, off, len(out))
             name_ptr, funcs_ptr = image.pointer(sec, off), image.pointer(sec, off + p)
             if name_ptr is None and funcs_ptr is None:
                 self._check_size(sec, base, len(out), stride, "klp_object array")
@@ -153,7 +158,7 @@ class _Walker:
         out: list[FunctionDescription] = []
         off = base
         while off + 3 * p <= image.section_size(sec):
-            self._spend(image.where(sec, off))
+            self._spend(sec, off, len(out))
             name_ptr, new_ptr = image.pointer(sec, off), image.pointer(sec, off + p)
             sympos = self._scalar(sec, off + 2 * p)
             if name_ptr is None and new_ptr is None and sympos == 0:
