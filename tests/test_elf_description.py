@@ -26,6 +26,7 @@ from elfwriter import (
     SHF_WRITE,
     SHT_NOBITS,
     SHT_PROGBITS,
+    SHT_REL,
     STB_LOCAL,
     STT_OBJECT,
     STT_SECTION,
@@ -345,3 +346,17 @@ def test_a_static_array_longer_than_any_patch_is_corrupt() -> None:
     m = static_patch(X86_64, OBJECTS[:1], states=[(i + 1, 1) for i in range(65537)])
     message = only_problem(parse(m), "description_corrupt")
     assert "more than 65536 entries in one array" in message
+
+
+def test_rel_relocations_carry_the_addend_in_the_section() -> None:
+    """SHT_REL (i386-style): the pointer's addend is the word under the relocation, not a field of the entry."""
+    m = static_patch(I386, OBJECTS)
+    data, rela = section_of(m, ".data"), section_of(m, ".rela.data")
+    raw = bytearray(data.data)
+    for r in relocs_of(m, ".data"):
+        raw[r.offset : r.offset + 4] = (r.addend & 0xFFFFFFFF).to_bytes(4, "little")
+    data.data = bytes(raw)
+    rela.name, rela.type = ".rel.data", SHT_REL
+    pm = parse(m, I386)
+    assert pm.problems == ()
+    assert pm.description is not None and pm.description.objects == EXPECTED
