@@ -1,9 +1,10 @@
 """Time klpd's livepatch-module parser against plain pyelftools iteration over the same data.
 
 The module is a large cumulative patch built with tests/elfwriter.py: 10,000 livepatch symbols and 50,000
-relocations spread over 500 ``.klp.rela.*`` sections for 5 objects. pyelftools only iterates (symbol
-name/shndx/value, relocation offset/info/addend); klpd does all of parse_patch_module() (sections, relocations with
-type names, symbols with their parsed names, every problem check). Target: klpd <= 0.2x pyelftools.
+relocations spread over 500 ``.klp.rela.*`` sections for 5 objects, and kpatch-build's description of its 500
+functions (``.kpatch.funcs``). pyelftools only iterates (symbol name/shndx/value, relocation offset/info/addend);
+klpd does all of parse_patch_module() (sections, relocations with type names, symbols with their parsed names,
+every problem check, the patch description). Target: klpd <= 0.2x pyelftools.
 
     .venv/bin/python benchmarks/bench_parse.py [--repeat N]
 """
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elfwriter import (
+    R_X86_64_64,
     R_X86_64_PC32,
     R_X86_64_PLT32,
     SHF_ALLOC,
@@ -31,7 +33,9 @@ from elfwriter import (
     SHN_LIVEPATCH,
     SHT_PROGBITS,
     SHT_RELA,
+    STB_LOCAL,
     STT_FUNC,
+    STT_SECTION,
     Reloc,
     Section,
     Symbol,
@@ -58,6 +62,8 @@ def build_cumulative_patch() -> bytes:
     for names in klp_syms.values():
         symbols += [Symbol(n, shndx=SHN_LIVEPATCH) for n in names]
     per_sec = N_RELOCS // N_SECTIONS
+    kpatch_funcs: list[Reloc] = []  # struct kpatch_patch_func: new_addr @0, name @40, objname @48
+    strings = bytearray(b"vmlinux\0")
     for s in range(N_SECTIONS):
         obj = OBJECTS[s % len(OBJECTS)]
         func = f"patched_func_{s}"
@@ -71,12 +77,27 @@ def build_cumulative_patch() -> bytes:
         ]
         sections.append(Section(f".klp.rela.{obj}{text}", SHT_RELA, SHF_ALLOC | SHF_RELA_LIVEPATCH | SHF_INFO_LINK,
                                 info=text, relocs=relocs, addralign=8))  # fmt: skip
+        objname = len(strings)
+        strings += obj.encode() + b"\0"
+        kpatch_funcs += [
+            Reloc(56 * s, func, R_X86_64_64),
+            Reloc(56 * s + 40, ".kpatch.strings", R_X86_64_64, len(strings)),
+            Reloc(56 * s + 48, ".kpatch.strings", R_X86_64_64, objname if obj != "vmlinux" else 0),
+        ]
+        strings += func.removeprefix("patched_").encode() + b"\0"
+    sections += [
+        Section(".kpatch.strings", SHT_PROGBITS, SHF_ALLOC, bytes(strings)),
+        Section(".kpatch.funcs", SHT_PROGBITS, SHF_ALLOC, bytes(56 * N_SECTIONS), addralign=8),
+        Section(".rela.kpatch.funcs", SHT_RELA, SHF_INFO_LINK, info=".kpatch.funcs", relocs=kpatch_funcs, addralign=8),
+    ]
+    symbols.append(Symbol(".kpatch.strings", shndx=".kpatch.strings", type=STT_SECTION, bind=STB_LOCAL))
     return create_elf_file(sections, symbols)
 
 
 def klpd_parse(data: bytes) -> tuple[int, int]:
     pm = parse_patch_module(data, "livepatch-cumulative.ko")
     assert not pm.problems, pm.problems
+    assert pm.description is not None and sum(len(o.functions or ()) for o in pm.description.objects) == N_SECTIONS
     return len(pm.symbols), sum(len(s.relocations) for s in pm.sections)
 
 

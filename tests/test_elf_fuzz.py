@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import zstandard
+from descriptions import ARCHES, PPC32, Obj, build, klp_build_patch, kpatch_patch, static_patch
 from elfwriter import (
     EM_PPC,
     EM_S390,
@@ -246,3 +247,50 @@ def test_fuzz_compressed_modules():
             pass
         except Exception as exc:
             raise AssertionError(f"KLPD_FUZZ_SEED={seed} case={case}: {type(exc).__name__}: {exc}") from exc
+
+
+def description_modules() -> list[bytes]:
+    """Modules carrying each producer's description (tests/descriptions.py), on a little- and a big-endian
+    64-bit machine and on ppc32, so mutations reach the pointer-following readers of klpd/elf/description."""
+    objects: list[Obj] = [(None, [("cmdline_proc_show", "lp_cmdline", 0), ("dup", "lp_dup", 2)], []),
+                          ("ext4", [("ext4_fn", "lp_ext4_fn", 0)], ["pre_patch"]), ("xfs", None, [])]  # fmt: skip
+    kpatch_funcs = [("vmlinux", "cmdline_proc_show", "lp_cmdline", 0), ("ext4", "ext4_fn", "lp_ext4_fn", 1)]
+    out = []
+    for arch in (ARCHES["x86_64"], ARCHES["s390x"], PPC32):
+        out += [
+            build(static_patch(arch, objects, states=[(1, 2)], replace=True), arch),
+            build(static_patch(arch, objects[:2], layout="4.16-5.0", call_site=False), arch),
+            build(kpatch_patch(arch, kpatch_funcs, {"post_patch": [("lp_post", "ext4")]}), arch),
+            build(klp_build_patch(arch, objects[:2]), arch),
+        ]
+    return out
+
+
+def test_fuzz_descriptions():
+    """Mutated descriptions: never an exception, never a hang; some still read, some reported corrupt."""
+    seed = int(os.environ.get("KLPD_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"\nKLPD_FUZZ_SEED={seed}")
+    rng = random.Random(seed)
+    bases = description_modules()
+    for base in bases:
+        pm = parse_patch_module(base, "fuzz.ko")
+        assert pm.description is not None and not pm.problems, pm.problems
+    mutators = [Mutator(b, rng) for b in bases]
+    outcomes = {"described": 0, "description_corrupt": 0}
+    for case in range(max(CASES // 4, 100)):
+        which = rng.randrange(len(mutators))
+        data, steps = mutators[which].mutate()
+        start = time.monotonic()
+        try:
+            pm = parse_patch_module(data, "fuzz.ko")
+        except ElfFormatError:
+            continue
+        except Exception as exc:
+            raise AssertionError(f"KLPD_FUZZ_SEED={seed} case={case} base={which} steps={steps}: "
+                                 f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+        # Generous for a loaded CI machine; a hang or a quadratic walk of a mutated array takes far longer.
+        assert time.monotonic() - start < 5, f"KLPD_FUZZ_SEED={seed} case={case}: slow parse"
+        outcomes["described"] += pm.description is not None
+        outcomes["description_corrupt"] += any(p.code == "description_corrupt" for p in pm.problems)
+    print(outcomes)
+    assert outcomes["described"] and outcomes["description_corrupt"], outcomes

@@ -46,8 +46,14 @@ KLP_FLAGS = SHF_ALLOC | SHF_RELA_LIVEPATCH
 DATA = Path(__file__).parent / "data"
 
 
+def klp_problems(pm):
+    """The problems of the .klp.rela / .klp.sym checks: these modules carry no patch description, whose absence
+    (description_not_found, tests/test_elf_description.py) is beside the point here."""
+    return tuple(p for p in pm.problems if p.code != "description_not_found")
+
+
 def codes(pm):
-    return [p.code for p in pm.problems]
+    return [p.code for p in klp_problems(pm)]
 
 
 def problem(pm, code):
@@ -74,7 +80,7 @@ def cmdline_patch(**kw) -> KlpModule:
 
 def test_well_formed_patch_has_no_problems():
     pm = parse_patch_module(cmdline_patch().build(), "/lib/modules/x/livepatch-cmdline.ko")
-    assert pm.problems == ()
+    assert codes(pm) == []
     assert pm.name == "livepatch_cmdline"
     assert (pm.elf_class, pm.little_endian, pm.machine) == (64, True, "EM_X86_64")
     assert pm.modinfo.livepatch and pm.modinfo.release == "6.1.0-test"
@@ -116,7 +122,7 @@ def test_every_class_byte_order_and_machine(elf_class, little, machine, rtype, t
     (reloc,) = pm.sections[0].relocations
     assert (reloc.offset, reloc.type, reloc.type_name, reloc.addend) == (0x8, rtype, type_name, -8)
     assert pm.symbols[reloc.symbol_index].parsed == KlpSymbolName("vmlinux", "g", 3)
-    assert pm.problems == ()
+    assert codes(pm) == []
 
 
 def test_name_comes_from_modinfo_else_from_file_name():
@@ -292,7 +298,7 @@ def test_ordinary_rela_of_a_non_alloc_section_is_not_applied_so_not_reported():
     sym = m.klp_sym("vmlinux", "saved_command_line", 0)
     m.section(".debug_info", data=b"\0" * 32)
     m.rela(".debug_info", [(0, sym, 1, 0)])
-    assert parse_patch_module(m.build(), "lp.ko").problems == ()
+    assert codes(parse_patch_module(m.build(), "lp.ko")) == []
 
 
 def test_relocation_symbol_index_past_the_symtab():
@@ -368,7 +374,7 @@ def test_extended_section_numbering_is_read():
     data = cmdline_patch().build(extended_numbering=True)
     assert struct.unpack_from("<HH", data, 0x3C) == (0, 0xFFFF)
     pm = parse_patch_module(data, "p.ko")
-    assert [s.object for s in pm.sections] == ["vmlinux", "ext4"] and pm.problems == ()
+    assert [s.object for s in pm.sections] == ["vmlinux", "ext4"] and codes(pm) == []
 
 
 def test_invalid_utf8_in_names_does_not_raise():

@@ -21,6 +21,7 @@ import re
 from klpd import kernel_messages as msg
 from klpd.decompress import read_module_bytes
 from klpd.elf._raw import SHT_REL, ElfFile, cstring, parse_guarded
+from klpd.elf.description import describe
 from klpd.elf.klp_checks import Problems, check_section, check_section_name_width, check_symbol
 from klpd.elf.load_info import imports, modversions, this_module_size
 from klpd.elf.modinfo import modinfo_from
@@ -140,6 +141,7 @@ def _parse_patch_module(data: bytes, path: str) -> PatchModule:
             sym.name,
         )
     symbols = dict(sorted(symbols.items()))
+    description = describe(elf, problems, modinfo.livepatch)
 
     return PatchModule(
         path=path,
@@ -157,6 +159,7 @@ def _parse_patch_module(data: bytes, path: str) -> PatchModule:
         versions=modversions(elf),
         imports=imports(elf, raw_syms, strtab),
         this_module_size=this_module_size(elf),
+        description=description,
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from klpd.model import HostStatus, PatchModule
+from klpd.model_description import PatchDescription
 
 STATUS_SCHEMA = "klpd.status/1"
 INSPECT_SCHEMA = "klpd.inspect/1"
@@ -135,8 +136,31 @@ def inspect_document(modules: list[PatchModule], problems: list[Any]) -> dict[st
         body = encode(module)
         body["symbols"] = [encode(s) for _, s in sorted(module.symbols.items())]
         body["modinfo"] = [{"key": k, "value": v} for k, v in module.modinfo.entries]
+        body["description"] = description_document(module.description)
         files.append(body)
     return {"schema": INSPECT_SCHEMA, "files": files, "problems": encode(problems)}
+
+
+def description_document(desc: PatchDescription | None) -> dict[str, Any] | None:
+    """A patch's own description in the inspect document: a fixed shape users' scripts rely on (README), not the
+    model's field list (``where`` and ``new_func_set`` stay out: the first is prose, the second is new_func null)."""
+    if desc is None:
+        return None
+    return {
+        "found_by": desc.found_by.value,
+        "replace": desc.replace,
+        "states": [{"id": s.id, "version": s.version} for s in desc.states],
+        "objects": [
+            {
+                "name": o.name,
+                "functions": None if o.functions is None else [
+                    {"old_name": f.old_name, "old_sympos": f.old_sympos, "new_func": f.new_func} for f in o.functions
+                ],
+                "callbacks": list(o.callbacks),
+            }
+            for o in desc.objects
+        ],
+    }
 
 
 def dumps(doc: Any) -> str:

@@ -245,6 +245,7 @@ def render_inspect(modules: Iterable[PatchModule], problems: Iterable[Problem], 
                 f"object={s.parsed.object} name={s.parsed.name} sympos={s.parsed.sympos}" if s.parsed else "MALFORMED"
             )
             lines.append(f"    [{idx}] {s.name}  {where}  {parsed}")
+        lines += _description_lines(m)
         if m.problems:
             lines.append(f"  problems ({len(m.problems)}):")
             for x in m.problems:
@@ -257,6 +258,26 @@ def render_inspect(modules: Iterable[PatchModule], problems: Iterable[Problem], 
     while lines and not lines[-1]:
         lines.pop()
     return _join(lines) if lines else "\n"
+
+
+def _description_lines(m: PatchModule) -> list[str]:
+    """The patch's own description: each object and each ``old_name,sympos -> new_func`` it replaces."""
+    desc = m.description
+    if desc is None:
+        return ["  Description: none read (see problems)"]
+    replace = "decided at init" if desc.replace is None else _yn(desc.replace)
+    lines = [f"  Description (found by {desc.found_by.value}: {desc.where}), replace {replace}:"]
+    if desc.states:
+        lines.append("    states: " + ", ".join(f"id {s.id} version {s.version}" for s in desc.states))
+    for obj in desc.objects:
+        callbacks = f", callbacks {', '.join(obj.callbacks)}" if obj.callbacks else ""
+        count = "funcs NULL" if obj.functions is None else f"{len(obj.functions)} functions"
+        lines.append(f"    object {obj.name if obj.name is not None else 'vmlinux (NULL name)'}: {count}{callbacks}")
+        for f in obj.functions or ():
+            old = f.old_name if f.old_name is not None else "(NULL)"
+            new = f.new_func if f.new_func is not None else "(NULL)"
+            lines.append(f"      {old},{f.old_sympos} -> {new}")
+    return lines
 
 
 def _signature_text(m: PatchModule) -> str:
