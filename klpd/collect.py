@@ -117,6 +117,20 @@ class ModuleCache:
                 del table[key]
 
 
+class FtraceCache:
+    """The ftrace index of the asked names. ftrace's records change only when modules come and go, so it is read
+    again only then (the kernel formats every record, 50k+, on each read of available_filter_functions)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[frozenset[str], tuple[str, ...]], ftrace.FtraceIndex | None] | None = None
+
+    def read(self, root: SystemRoot, wanted: set[str], modules: tuple[str, ...]) -> ftrace.FtraceIndex | None:
+        key = (frozenset(wanted), modules)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, ftrace.read_ftrace_index(root, wanted))
+        return self._last[1]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # one evaluation
 
@@ -170,7 +184,7 @@ class Evaluator:
         # Not the last Kallsyms (the whole file and an index of it: megabytes), only what the next read needs.
         self._kallsyms: kallsyms_source.KallsymsMemo | None = None
         self._kernel_build = kernel_build.KernelBuildCache()  # Module.symvers is parsed once per change
-        self._ftrace_index: tuple[tuple[frozenset[str], tuple[str, ...]], ftrace.FtraceIndex | None] | None = None
+        self._ftrace = FtraceCache()
 
     def system(self) -> tuple[SystemState, dict[str, bool], modules_dep.ModulesDep]:
         root = self.root
@@ -334,18 +348,10 @@ class Evaluator:
             system,
             problems=system.problems + tuple(host_problems),
             loaded_descriptions=descriptions,
-            ftrace=self._ftrace(wanted, tuple(system.modules)) if wanted else None,
+            ftrace=self._ftrace.read(self.root, wanted, tuple(system.modules)) if wanted else None,
         )
         status = compute_status(system, inputs)
         return Evaluation(status, time.monotonic() - started, up, self._watch_dirs(system.kernel.release))
-
-    def _ftrace(self, wanted: set[str], modules: tuple[str, ...]) -> ftrace.FtraceIndex | None:
-        """The ftrace index of these names; ftrace's records change only when modules come and go, so it is read
-        again only then (the kernel formats every record, 50k+, on each read)."""
-        key = (frozenset(wanted), modules)
-        if self._ftrace_index is None or self._ftrace_index[0] != key:
-            self._ftrace_index = (key, ftrace.read_ftrace_index(self.root, wanted))
-        return self._ftrace_index[1]
 
     def _watch_dirs(self, release: str) -> tuple[Path, ...]:
         """Each patch directory, or its nearest existing ancestor, for the daemon's inotify watch."""
