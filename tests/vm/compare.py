@@ -140,7 +140,8 @@ def sysfs_mismatches(patch_doc: dict[str, Any], sysfs: dict[str, Any]) -> list[s
             continue
         if "patched" in sobj and kobj.get("patched") != flag(sobj["patched"]):
             out.append(f"object {name} patched: klpd {kobj.get('patched')!r}, sysfs {sobj['patched']!r}")
-        functions = sorted(f"{f['name']},{f['sympos']}" for f in kobj.get("functions", []))
+        # klpd gives sympos as the patch does (from its description); sysfs prints 0 as 1 (klp_init_func())
+        functions = sorted(f"{f['name']},{f['sympos'] or 1}" for f in kobj.get("functions", []))
         if functions != sorted(sobj["functions"]):
             out.append(f"object {name} functions: klpd {functions}, sysfs {sorted(sobj['functions'])}")
     return out
