@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: GPL-2.0
+/* State {id 1, version 1}: older than patch A's. */
+#include "klpvm_desc.h"
+
+static struct klp_func funcs[] = { KLPVM_CMDLINE, {} };
+static struct klp_object objs[] = { { .funcs = funcs }, {} };
+static struct klp_state states[] = { { .id = 1, .version = 1 }, {} };
+KLPVM_PATCH(objs, .states = states);
