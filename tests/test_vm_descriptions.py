@@ -25,7 +25,6 @@ pytestmark = pytest.mark.vm
 TARGET = desc_build.TARGET
 # What kmod's insmod prints for EINVAL and EEXIST (modprobe prints strerror: "Invalid argument").
 EINVAL, EEXIST = "Invalid parameters", "File exists"
-PREDICTION = pytest.mark.xfail(strict=False, reason="prediction lands with issue 11 verdicts")
 
 # case: (insmod error or None when it loads, function status the kernel's verdict amounts to, the kernel's
 # lines). {dup}/{notrace} stand for the vmlinux names desc_build picked. Lines are the ones the insmod (or, for the
@@ -349,7 +348,6 @@ def failure_lines(lines):
     return [line for line in lines if not re.match(r"livepatch: failed to (enable patch|patch object)", line)]
 
 
-@PREDICTION
 @pytest.mark.parametrize("case", LOOKUPS)
 def test_check_predicts_function_lookup(runs, desc, case):
     result = runs["lookups"]
@@ -362,7 +360,6 @@ def test_check_predicts_function_lookup(runs, desc, case):
     assert_quotes(doc, patch, failure_lines(expand(lines, desc)))
 
 
-@PREDICTION
 @pytest.mark.parametrize("case", COMING_REFUSED + COMING_LOADS)
 def test_check_predicts_target_module_load(runs, desc, case):
     result = runs["coming"]
@@ -377,7 +374,6 @@ def test_check_predicts_target_module_load(runs, desc, case):
         assert_quotes(doc, patch, [line for line in COMING[case] if "failed for module" not in line][:1])
 
 
-@PREDICTION
 @pytest.mark.parametrize("case", STATES)
 def test_check_predicts_states(runs, desc, case):
     result = runs["coming"]
@@ -387,7 +383,6 @@ def test_check_predicts_states(runs, desc, case):
     assert_quotes(doc, patch, lines)
 
 
-@PREDICTION
 @pytest.mark.parametrize("case", OBJECTS)
 def test_check_predicts_object_descriptions(runs, desc, case):
     result = runs["objects"]
@@ -408,7 +403,6 @@ LOADED += [("coming", c) for c in [*COMING_REFUSED, *COMING_LOADS, "state_a", "r
 LOADED += [("objects", c) for c, v in OBJECTS.items() if v[0] is None]
 
 
-@PREDICTION
 @pytest.mark.parametrize(("boot", "case"), LOADED)
 def test_inspect_description_matches_sysfs(runs, boot, case):
     """What `klpctl inspect` reads of the description is what the kernel made of it (sysfs prints sympos 0 as 1)."""
