@@ -216,10 +216,12 @@ class ModuleSymtab:
     path: str
     names: tuple[str, ...]
     flags: bytes
+    mcount: bool = False  # the file has __mcount_loc (ftrace's call sites): TRACEABLE means something
 
     CORE_WITH_KALLSYMS_ALL = 1  # kept when CONFIG_KALLSYMS_ALL=y
     CORE_TEXT_ONLY = 2  # kept when CONFIG_KALLSYMS_ALL=n (executable sections only)
     ZERO_ADDRESS = 4  # resolves to address 0 (an absolute symbol of value 0): "not found" to the kernel
+    TRACEABLE = 8  # a function with an ftrace call site inside it (klp_patch_func() finds its location)
 
     def entries(self, name: str) -> tuple[int, ...]:
         """Indexes (into ``names``) of the entries named ``name``, in order; the index is built on first use and

@@ -247,5 +247,13 @@ class ElfFile:
         return [(name, info, shndx, value)
                 for name, value, info, shndx in struct.iter_unpack(self.endian + "II4xBxH", data)]  # fmt: skip
 
+    def symbol_sizes_and_types(self, symtab: Shdr) -> list[tuple[int, int]]:
+        """(st_size, st_info) per entry, in the order of :meth:`raw_symbols`."""
+        data = self.section_data(symtab)
+        data = data[: len(data) - len(data) % self.sym_size]
+        if self.elf_class == 64:
+            return [(size, info) for info, size in struct.iter_unpack(self.endian + "4xB11xQ", data)]
+        return list(struct.iter_unpack(self.endian + "8xIB3x", data))
+
     def symbol_count(self, symtab: Shdr) -> int:
         return symtab.size // self.sym_size if symtab.type != SHT_NOBITS else 0

@@ -54,7 +54,7 @@ def _build_relocations(columns: dict[str, Sequence[object]]) -> tuple[Relocation
     return tuple(objs)
 
 
-def _relocation_columns(elf: ElfFile, data: memoryview, as_rela: bool) -> tuple[list[int], list[int], list[int]]:
+def relocation_columns(elf: ElfFile, data: memoryview, as_rela: bool) -> tuple[list[int], list[int], list[int]]:
     """r_offset, r_info and r_addend (0 for REL) of every entry of a relocation section's bytes."""
     word = "Q" if elf.elf_class == 64 else "I"
     fields = 3 if as_rela else 2
@@ -74,7 +74,7 @@ def relocations(elf: ElfFile, sec: Shdr, as_rela: bool, names: TypeNames) -> tup
     """Decode a relocation section; the count is sh_size / sizeof(Elf_Rel[a]), as in the kernel (sh_entsize unused)."""
     if sec.type == SHT_NOBITS:
         return ()
-    offsets, infos, addends = _relocation_columns(elf, elf.section_data(sec), as_rela)
+    offsets, infos, addends = relocation_columns(elf, elf.section_data(sec), as_rela)
     shift, mask = (32, 0xFFFFFFFF) if elf.elf_class == 64 else (8, 0xFF)
     rtypes = [info & mask for info in infos]
     return _build_relocations(

@@ -11,8 +11,11 @@ mod_mem_type bits; both mark the sections module_init_layout_section() puts in i
 
 from __future__ import annotations
 
+import bisect
+
 from klpd.decompress import read_module_bytes
-from klpd.elf._raw import SHF_ALLOC, SHF_EXECINSTR, ElfFile, Shdr, cstring, parse_guarded
+from klpd.elf._raw import SHF_ALLOC, SHF_EXECINSTR, SHT_RELA, ElfFile, Shdr, cstring, parse_guarded
+from klpd.elf.relocations import relocation_columns
 from klpd.model import SHN_ABS, SHN_UNDEF, ModuleSymtab
 from klpd.root import HostPath
 
@@ -43,6 +46,42 @@ def _section_core_flags(sec: Shdr, percpu: int | None) -> int:
     return ModuleSymtab.CORE_WITH_KALLSYMS_ALL
 
 
+_STT_FUNC = 2
+
+
+def _mcount_records(elf: ElfFile, raw_syms: list[tuple[int, int, int, int]]) -> dict[int, list[int]] | None:
+    """ftrace's call sites in the module, by section index, sorted: ``__mcount_loc`` holds one address per
+    ``__fentry__``/``_mcount`` call (recordmcount, or objtool --mcount), each a relocation against the section.
+    ftrace_module_init() makes a record of each; None when the file has none (then nothing is known)."""
+    loc = elf.section_by_name("__mcount_loc")
+    if loc is None:
+        return None
+    rela = next((s for s in elf.sections if s.type == SHT_RELA and s.info == loc.num), None)
+    if rela is None:
+        return None
+    _offsets, infos, addends = relocation_columns(elf, elf.section_data(rela), True)
+    shift = 32 if elf.elf_class == 64 else 8
+    records: dict[int, list[int]] = {}
+    for info, addend in zip(infos, addends, strict=True):
+        index = info >> shift
+        if index < len(raw_syms):
+            _name, _info, shndx, value = raw_syms[index]
+            records.setdefault(shndx, []).append(value + addend)
+    for offsets in records.values():
+        offsets.sort()
+    return records
+
+
+def _traced(records: dict[int, list[int]], shndx: int, value: int, size: int) -> bool:
+    """A call site inside [value, value + size): ftrace_location() finds one for the function (6.1+: the first
+    record inside it; before, the one at its first byte, the same on x86_64 without IBT)."""
+    sites = records.get(shndx)
+    if not sites:
+        return False
+    i = bisect.bisect_left(sites, value)
+    return i < len(sites) and sites[i] < value + max(size, 1)
+
+
 def _parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:
     elf = ElfFile(data, path)
     symtab = elf.symtab_section()
@@ -54,7 +93,10 @@ def _parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:
     shnum = len(by_section)
     names: list[str] = []
     flags = bytearray()
-    for name_off, _info, shndx, value in elf.raw_symbols(symtab):
+    raw = elf.raw_symbols(symtab)
+    records = _mcount_records(elf, raw)
+    sizes = elf.symbol_sizes_and_types(symtab) if records is not None else []
+    for i, (name_off, info, shndx, value) in enumerate(raw):
         if shndx == SHN_UNDEF:
             continue
         names.append(cstring(strtab, name_off))
@@ -63,8 +105,10 @@ def _parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:
         bits = by_section[shndx] if shndx < shnum and name_off else 0
         if shndx == SHN_ABS and value == 0:
             bits |= ModuleSymtab.ZERO_ADDRESS
+        if records is not None and info & 0xF == _STT_FUNC and _traced(records, shndx, value, sizes[i][0]):
+            bits |= ModuleSymtab.TRACEABLE
         flags.append(bits)
-    return ModuleSymtab(path, tuple(names), bytes(flags))
+    return ModuleSymtab(path, tuple(names), bytes(flags), mcount=records is not None)
 
 
 def parse_module_symtab(data: bytes, path: str) -> ModuleSymtab:

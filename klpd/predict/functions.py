@@ -33,7 +33,7 @@ from klpd.model_description import (
     PatchDescription,
 )
 from klpd.predict.inputs import SystemState
-from klpd.predict.lookup import find_in_object, lookup_message
+from klpd.predict.lookup import Found, find_in_object, lookup_message
 
 
 @dataclass(frozen=True)
@@ -134,13 +134,11 @@ def judge_functions(
         status = FunctionStatus(found.status.value)
         message = lookup_message(found.status, name, func.old_name, func.old_sympos)
         traceable = None
-        if found.status is SymbolStatus.OK and loaded and system.ftrace is not None:
-            records = system.ftrace.count(name, func.old_name)
-            if records == 0:
-                status, traceable = FunctionStatus.NOT_TRACEABLE, False
+        if found.status is SymbolStatus.OK:
+            traceable = _traceable(system, name, func.old_name, found, symtab, loaded=loaded)
+            if traceable is False:
+                status = FunctionStatus.NOT_TRACEABLE
                 message = msg.NO_FTRACE_LOCATION.format(name=func.old_name)
-            elif records >= (found.occurrences or 0):
-                traceable = True
         out.append(
             FunctionResult(
                 name=func.old_name,
@@ -155,6 +153,21 @@ def judge_functions(
             )
         )
     return tuple(out)
+
+
+def _traceable(
+    system: SystemState, obj: str, name: str, found: Found, symtab: ModuleSymtab | Problem | None, *, loaded: bool
+) -> bool | None:
+    """Whether klp_patch_func() will find an ftrace location: tracefs for what is loaded (where root can read it),
+    else the ``__mcount_loc`` call sites of the module's .ko for the entry the lookup resolves to."""
+    if loaded and system.ftrace is not None:
+        records = system.ftrace.count(obj, name)
+        if records == 0:
+            return False
+        return True if records >= (found.occurrences or 0) else None  # some copies untraced: which one is unknown
+    if isinstance(symtab, ModuleSymtab) and symtab.mcount and found.entry is not None:
+        return bool(symtab.flags[found.entry] & ModuleSymtab.TRACEABLE)
+    return None
 
 
 def _result(func: FunctionDescription, status: FunctionStatus | None, owner: str | None = None) -> FunctionResult:

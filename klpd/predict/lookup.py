@@ -89,6 +89,7 @@ class Found:
     status: SymbolStatus | None
     occurrences: int | None
     load_order_dependent: bool = False
+    entry: int | None = None  # the .ko symtab entry it resolves to (ModuleSymtab.names index), where one was read
 
 
 def find_in_object(
@@ -105,13 +106,15 @@ def find_in_object(
         found = kallsyms.find(obj, name)
         status = lookup_occurrences(found, sympos, kallsyms.addresses_visible)
         dependent = False
+        entry = None
         if obj != VMLINUX and isinstance(symtab, ModuleSymtab):
             full = symtab_pick(symtab, name, sympos, None)
             now = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
             dependent = full.status is not status or full.entry != now.entry
-        return Found(status, found.matches, dependent)
+            entry = now.entry
+        return Found(status, found.matches, dependent, entry)
     if not isinstance(symtab, ModuleSymtab):
         return Found(None, None)  # no readable .ko: what klp_module_coming() will see cannot be known
     full = symtab_pick(symtab, name, sympos, None)
     later = symtab_pick(symtab, name, sympos, core_bit(kallsyms.kallsyms_all))
-    return Found(full.status, full.count, full.status is not later.status or full.entry != later.entry)
+    return Found(full.status, full.count, full.status is not later.status or full.entry != later.entry, full.entry)

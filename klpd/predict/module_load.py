@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from klpd import kernel_messages as msg
 from klpd.model import ModuleLoad, ModuleSymtab, Problem, SectionResult, SectionState
-from klpd.model_description import FunctionResult
+from klpd.model_description import FunctionResult, FunctionStatus
 from klpd.predict.functions import failing as failing_functions
 from klpd.predict.inputs import SystemState
 
@@ -39,11 +39,20 @@ def module_load(
     if symtab is None:
         return ModuleLoad.UNKNOWN, (f"the .ko of module '{obj}' was not read",)
     failing = [s for s in sections if s.state is SectionState.FAILS]
-    bad_functions = [f.kernel_message for f in failing_functions(functions) if f.kernel_message]
-    if not failing and not bad_functions:
+    bad = [f for f in failing_functions(functions) if f.kernel_message]
+    lookups = [f.kernel_message or "" for f in bad if f.status is not FunctionStatus.NOT_TRACEABLE]
+    if not failing and not bad:
         return ModuleLoad.OK, ()
-    # The kernel stops at the first failure: the relocations come first, then the lookups.
-    reasons = [reason for s in failing for reason in s.reasons] if failing else bad_functions[:1]
-    reasons.append(msg.PATCH_INIT_FAILED.format(patch=patch, module=obj, errno=_EINVAL))
+    # The kernel stops at the first failure: klp_init_object_loaded() (the relocations, then the lookups), else
+    # klp_patch_object() (the ftrace locations), which it reports in its own words.
+    if failing or lookups:
+        reasons = [reason for s in failing for reason in s.reasons] if failing else lookups[:1]
+        reasons.append(msg.PATCH_INIT_FAILED.format(patch=patch, module=obj, errno=_EINVAL))
+    else:
+        reasons = [
+            msg.APPLYING.format(patch=patch, module=obj),
+            bad[0].kernel_message or "",
+            msg.APPLY_TO_MODULE_FAILED.format(patch=patch, module=obj, errno=_EINVAL),
+        ]
     reasons.append(msg.MODULE_LOAD_REFUSED.format(patch=patch, module=obj))
     return ModuleLoad.REFUSED, tuple(dict.fromkeys(reasons))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from klpd.elf._raw import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Shdr
 from klpd.elf.description.layout import MAX_STRING, Layout
 from klpd.elf.description.symbols import STT_FILE, STT_SECTION, Symbols
-from klpd.elf.relocations import _relocation_columns
+from klpd.elf.relocations import relocation_columns
 from klpd.model import SHF_RELA_LIVEPATCH
 
 _SHN_LORESERVE = 0xFF00
@@ -78,7 +78,7 @@ class Image:
         shift, mask = (32, 0xFFFFFFFF) if elf.elf_class == 64 else (8, 0xFF)
         table: dict[int, tuple[int, int, int]] = {}
         for sh in self._rela_for.get(sec, ()):
-            offsets, infos, addends = _relocation_columns(elf, elf.section_data(sh), sh.type == SHT_RELA)
+            offsets, infos, addends = relocation_columns(elf, elf.section_data(sh), sh.type == SHT_RELA)
             if sh.type == SHT_REL:
                 addends = [self._implicit_addend(sec, off) for off in offsets]
             for off, info, addend in zip(offsets, infos, addends, strict=True):
