@@ -3,6 +3,8 @@
 # Debian/Ubuntu machine with Python 3.11+ (as root, or with sudo for the system packages).
 #   ./dev.sh run [klpd args...]   set up, then run the agent with the shipped default config
 #   ./dev.sh test [pytest args...] set up (test tools included), then run the whole test suite
+#   ./dev.sh test-debian [pytest args...] the non-QEMU suite on Debian's own python3-* packages (no venv): what a
+#                                  host installing the .deb runs klpd with (CI runs it before `test`)
 #   ./dev.sh setup                 set up only
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,6 +50,27 @@ setup() {
     fi
 }
 
+# Debian's packages of klpd's runtime dependencies and of the test tools (bookworm's pyelftools is 0.29,
+# hypothesis 6.67, pytest 7.2: the floors pyproject.toml declares).
+DEBIAN_PYTHON=(python3-pyelftools python3-pyudev python3-prometheus-client python3-systemd python3-zstandard
+    python3-pytest python3-hypothesis)
+
+test_debian() {
+    setup test  # the system tools the suite calls (promtool, systemd-analyze, openssl...)
+    apt_install "${DEBIAN_PYTHON[@]}"
+    # /usr/bin/klpd and /usr/bin/klpctl as the package installs them, for the tests that run the commands.
+    local bin
+    bin=$(mktemp -d)
+    trap "rm -rf '$bin'" EXIT
+    for pair in klpd:klpd.daemon.main klpctl:klpd.cli; do
+        printf '#!/usr/bin/python3\nimport sys\nfrom %s import main_entry\nsys.exit(main_entry())\n' \
+            "${pair#*:}" >"$bin/${pair%%:*}"
+        chmod +x "$bin/${pair%%:*}"
+    done
+    echo "dev.sh: the suite on /usr/bin/python3 and Debian's packages (${DEBIAN_PYTHON[*]})" >&2
+    PYTHONPATH=$PWD KLPD_BIN_DIR=$bin PYTHONNOUSERSITE=1 /usr/bin/python3 -m pytest -m "not vm" -p no:cacheprovider "$@"
+}
+
 verb=${1:-}
 [ $# -gt 0 ] && shift
 case "$verb" in
@@ -62,8 +85,10 @@ case "$verb" in
         "$VENV/bin/mypy" klpd
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
+    test-debian) test_debian "$@" ;;
     *)
-        echo "usage: ./dev.sh run [klpd args...] | ./dev.sh test [pytest args...] | ./dev.sh setup" >&2
+        echo "usage: ./dev.sh run [klpd args...] | ./dev.sh test [pytest args...] | ./dev.sh test-debian [pytest args...]" \
+            "| ./dev.sh setup" >&2
         exit 2
         ;;
 esac

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from elfwriter import R_X86_64_PC32, KlpModule
+from entry_points import entry_point
 from fixtures import RELEASE, FixtureRoot, one_symbol_root
 
 from klpd.cli import ExitCode, main
@@ -105,7 +106,7 @@ def test_status_without_daemon_says_so_and_falls_back(fx: FixtureRoot, tmp_path:
 
 def test_console_script_runs(fx: FixtureRoot) -> None:
     """The installed entry point, as a user types it (no Python traceback on a bad root either)."""
-    klpctl = Path(sys.executable).with_name("klpctl")
+    klpctl = entry_point("klpctl")
     ok = subprocess.run(
         [klpctl, "status", "--direct", "--root", str(fx.path)], capture_output=True, text=True, check=False
     )

@@ -4,6 +4,7 @@ errors a user meets when starting it wrong."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -74,6 +75,16 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.stderr.close()
+
+
+@pytest.fixture(autouse=True)
+def _klpd_logger_restored():
+    """main() in-process points the "klpd" logger at stderr and stops it propagating; later tests' caplog (on the
+    root logger, as pytest 7 has it) must still see klpd's records."""
+    logger = logging.getLogger("klpd")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.entry_points import entry_point
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "klpd.service"
@@ -43,8 +44,7 @@ def one(key: str) -> str | None:
 def installable_unit(tmp_path) -> Path:
     # verify checks that ExecStart names an executable; /usr/bin/klpd exists only once the package is installed,
     # so check a copy whose ExecStart is this checkout's klpd (the entry point pip installed into the venv).
-    klpd = Path(sys.executable).parent / "klpd"
-    assert klpd.exists(), f"{klpd} is missing: install the project (pip install -e .)"
+    klpd = entry_point("klpd")
     text = UNIT.read_text()
     assert "ExecStart=/usr/bin/klpd " in text
     path = tmp_path / UNIT.name
