@@ -24,6 +24,11 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Debian's packages of klpd's runtime dependencies and of the test tools (bookworm's pyelftools is 0.29,
+# hypothesis 6.67, pytest 7.2: the floors pyproject.toml declares).
+DEBIAN_PYTHON=(python3-pyelftools python3-pyudev python3-prometheus-client python3-systemd python3-zstandard
+    python3-pytest python3-hypothesis)
+
 setup() {
     local extra=${1:-}
     # Build deps of systemd-python (libsystemd headers), venv support.
@@ -34,6 +39,10 @@ setup() {
         # curl and jq ask the daemon there).
         apt_install prometheus systemd udev openssl qemu-system-x86 busybox-static cpio kmod xz-utils zstd make bc \
             curl jq
+        # The Debian package (tests/test_debian_package.py builds it with dpkg-buildpackage and runs what it
+        # installs on Debian's python3 and python3-* packages).
+        apt_install dpkg-dev debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject \
+            "${DEBIAN_PYTHON[@]}"
     fi
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
@@ -50,14 +59,8 @@ setup() {
     fi
 }
 
-# Debian's packages of klpd's runtime dependencies and of the test tools (bookworm's pyelftools is 0.29,
-# hypothesis 6.67, pytest 7.2: the floors pyproject.toml declares).
-DEBIAN_PYTHON=(python3-pyelftools python3-pyudev python3-prometheus-client python3-systemd python3-zstandard
-    python3-pytest python3-hypothesis)
-
 test_debian() {
-    setup test  # the system tools the suite calls (promtool, systemd-analyze, openssl...)
-    apt_install "${DEBIAN_PYTHON[@]}"
+    setup test  # the system tools the suite calls (promtool, systemd-analyze, openssl...) and DEBIAN_PYTHON
     # /usr/bin/klpd and /usr/bin/klpctl as the package installs them, for the tests that run the commands.
     local bin
     bin=$(mktemp -d)

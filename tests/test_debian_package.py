@@ -1,0 +1,130 @@
+"""The Debian package built from this tree (debian/): `dpkg-buildpackage -us -uc -b` works, the .deb holds what
+a host needs where Debian puts it, depends only on Debian's python3-* packages, starts the service on install,
+and what it installs runs: klpctl on /usr/bin/python3, the unit through `systemd-analyze verify`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from fixtures import RELEASE, one_symbol_root
+
+REPO = Path(__file__).resolve().parent.parent
+# What the package is built from; everything else in a checkout (.venv, .git, tests) must not matter.
+SOURCES = ("pyproject.toml", "README.md", "klpd", "config", "systemd", "debian")
+# Debian's own tools, with Debian's python3: a python3.11 earlier in PATH (pyenv) has neither `build` nor dh-python.
+DEBIAN_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
+              "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
+PYTHON_DEPENDS = {"python3-pyelftools", "python3-pyudev", "python3-prometheus-client", "python3-systemd",
+                  "python3-zstandard"}  # fmt: skip
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name, path=DEBIAN_ENV["PATH"])
+    if path is None:
+        pytest.fail(f"{name} is needed (./dev.sh test installs it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory) -> Path:
+    if shutil.which("dpkg-buildpackage", path=DEBIAN_ENV["PATH"]) is None:
+        pytest.skip("dpkg-buildpackage is not installed (Debian package dpkg-dev; ./dev.sh test installs it)")
+    build = tmp_path_factory.mktemp("deb")
+    src = build / "klpd"
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, env=DEBIAN_ENV, capture_output=True,
+                            text=True, check=False, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    debs = list(build.glob("klpd_*_all.deb"))
+    assert len(debs) == 1, f"dpkg-buildpackage made {debs}"
+    return debs[0]
+
+
+@pytest.fixture(scope="module")
+def installed(deb, tmp_path_factory) -> Path:
+    """The package's files as dpkg would lay them out."""
+    root = tmp_path_factory.mktemp("installed")
+    subprocess.run([tool("dpkg-deb"), "-x", str(deb), str(root)], check=True)
+    return root
+
+
+def field(deb: Path, name: str) -> str:
+    out = subprocess.run([tool("dpkg-deb"), "-f", str(deb), name], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def control_file(deb: Path, name: str) -> str:
+    out = subprocess.run([tool("dpkg-deb"), "-I", str(deb), name], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, f"the package has no {name}: {out.stderr}"
+    return out.stdout
+
+
+def test_the_package_holds_every_file_a_host_needs(deb):
+    listing = subprocess.run([tool("dpkg-deb"), "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    paths = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    expected = {"/usr/bin/klpd", "/usr/bin/klpctl", "/lib/systemd/system/klpd.service",
+                "/usr/lib/sysusers.d/klpd.conf", "/etc/klpd/klpd.toml",
+                "/usr/share/klpd/prometheus/klpd-alerts.yml", "/usr/share/klpd/grafana/klpd-dashboard.json",
+                "/usr/lib/python3/dist-packages/klpd/cli.py",
+                "/usr/lib/python3/dist-packages/klpd/elf/reloc_tables.py"}  # fmt: skip
+    assert expected - paths == set()
+    assert not [p for p in paths if "/tests/" in p or p.endswith(".test.yml")], "test files were packaged"
+    assert re.search(r"^-rwxr-xr-x root/root .* \./usr/bin/klpctl$", listing, re.MULTILINE)
+
+
+def test_it_depends_only_on_debian_packages(deb):
+    depends = {re.sub(r"\s*\(.*\)", "", d).strip() for d in field(deb, "Depends").split(",")}
+    assert depends >= PYTHON_DEPENDS
+    # Nothing from PyPI's names (systemd-python, prometheus-client...) and nothing the package does not use.
+    assert all(d.startswith("python3") or "sysusers" in d for d in depends), depends
+    assert field(deb, "Architecture") == "all"
+
+
+def test_the_config_is_a_conffile_and_install_creates_the_user_and_starts_the_service(deb):
+    assert control_file(deb, "conffiles").split() == ["/etc/klpd/klpd.toml"]
+    postinst = control_file(deb, "postinst")
+    assert "systemd-sysusers" in postinst and "klpd.conf" in postinst
+    assert "deb-systemd-helper enable 'klpd.service'" in postinst
+    assert "deb-systemd-invoke $_dh_action 'klpd.service'" in postinst
+    assert "deb-systemd-invoke stop 'klpd.service'" in control_file(deb, "prerm")
+
+
+def test_the_installed_klpctl_runs_on_debians_python(installed, tmp_path):
+    """/usr/bin/klpctl as installed, its klpd package from the .deb and nothing from this checkout or a venv."""
+    klpctl = installed / "usr/bin/klpctl"
+    assert klpctl.read_text().startswith("#!/usr/bin/python3\n")
+    fx = one_symbol_root(tmp_path)
+    env = {**DEBIAN_ENV, "PYTHONPATH": str(installed / "usr/lib/python3/dist-packages"), "PYTHONNOUSERSITE": "1"}
+    code = "import klpd, sys; print(klpd.__file__)"
+    where = subprocess.run(["/usr/bin/python3", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    assert where.stdout.startswith(str(installed))
+    run = subprocess.run(["/usr/bin/python3", str(klpctl), "status", "--direct", "--root", str(fx.path)], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"kernel {RELEASE}" in run.stdout
+
+
+def test_the_installed_unit_verifies(installed, tmp_path):
+    """`systemd-analyze verify` of the unit the package installs; its commands are looked up in the unpacked
+    package (verify insists that ExecStart names an existing executable)."""
+    unit = installed / "lib/systemd/system/klpd.service"
+    text = unit.read_text()
+    assert "ExecStart=/usr/bin/klpd " in text and (installed / "usr/bin/klpd").is_file()
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace("ExecStart=/usr/bin/klpd ", f"ExecStart={installed}/usr/bin/klpd "))
+    result = subprocess.run([tool("systemd-analyze"), "verify", str(copy)], capture_output=True, text=True,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [line for line in (result.stdout + result.stderr).splitlines() if "klpd" in line] == []
