@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_scenario import PATCH, TARGET, Host
+from tests.daemon_scenario import BOOT_ID, HOSTNAME, MACHINE_ID, PATCH, TARGET, Host
 
 VENV_BIN = Path(sys.executable).parent
 KLPD = [sys.executable, "-m", "klpd.daemon.main"]
@@ -43,6 +43,18 @@ def wait_logged(proc: subprocess.Popen, stderr_path: Path, pattern: str, timeout
             raise AssertionError(f"klpd exited ({proc.returncode}):\n{stderr_path.read_text()}")
         time.sleep(0.05)
     raise AssertionError(f"{pattern!r} not logged:\n{stderr_path.read_text()}")
+
+
+def unix_get(path: Path, target: str) -> bytes:
+    """The body of GET ``target`` on the daemon's Unix socket, as curl --unix-socket asks."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(f"GET {target} HTTP/1.0\r\nHost: klpd\r\n\r\n".encode())
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head
+    return body
 
 
 class Daemon:
@@ -110,6 +122,10 @@ def test_klpctl_status_asks_the_running_daemon(daemon):
     doc = json.loads(result.stdout)
     assert doc["source"] == "daemon" and doc["daemon"]["pid"] == daemon.proc.pid
     assert [p["name"] for p in doc["patches"]] == [PATCH]
+    identity = {"hostname": HOSTNAME, "machine_id": MACHINE_ID, "boot_id": BOOT_ID}  # from --root's files
+    assert {k: doc["host"][k] for k in identity} == identity
+    health = json.loads(unix_get(daemon.socket, "/v1/health"))
+    assert {k: health[k] for k in identity} == identity
     text = klpctl("status", "--socket", str(daemon.socket))
     assert PATCH in text.stdout and "daemon:" in text.stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5) as r:
