@@ -4,21 +4,15 @@ and what it installs runs: klpctl on /usr/bin/python3, the unit through `systemd
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from debian_package import DEBIAN_ENV, build_deb
 from fixtures import RELEASE, one_symbol_root
 
-REPO = Path(__file__).resolve().parent.parent
-# What the package is built from; everything else in a checkout (.venv, .git, tests) must not matter.
-SOURCES = ("pyproject.toml", "README.md", "klpd", "config", "systemd", "debian")
-# Debian's own tools, with Debian's python3: a python3.11 earlier in PATH (pyenv) has neither `build` nor dh-python.
-DEBIAN_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")},
-              "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
 PYTHON_DEPENDS = {"python3-pyelftools", "python3-pyudev", "python3-prometheus-client", "python3-systemd",
                   "python3-zstandard"}  # fmt: skip
 
@@ -32,23 +26,7 @@ def tool(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory) -> Path:
-    if shutil.which("dpkg-buildpackage", path=DEBIAN_ENV["PATH"]) is None:
-        pytest.skip("dpkg-buildpackage is not installed (Debian package dpkg-dev; ./dev.sh test installs it)")
-    build = tmp_path_factory.mktemp("deb")
-    src = build / "klpd"
-    for name in SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
-        else:
-            src.mkdir(exist_ok=True)
-            shutil.copy2(REPO / name, src / name)
-    result = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, env=DEBIAN_ENV, capture_output=True,
-                            text=True, check=False, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    debs = list(build.glob("klpd_*_all.deb"))
-    assert len(debs) == 1, f"dpkg-buildpackage made {debs}"
-    return debs[0]
+    return build_deb(tmp_path_factory.mktemp("deb"))
 
 
 @pytest.fixture(scope="module")
