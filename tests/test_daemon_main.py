@@ -116,6 +116,30 @@ def test_once_prints_the_status_and_exits(tmp_path):
     assert PATCH in result.stdout and "klpd_target(pending, load ok)" in result.stdout
 
 
+def test_once_with_a_textfile_dir_writes_the_metrics_there_and_says_so(tmp_path):
+    """What systemd/klpd-textfile.service runs on node_exporter hosts: one evaluation, klpd.prom replaced whole."""
+    host = Host(tmp_path / "host")
+    (tmp_path / "empty.toml").write_text("")
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    run = [*KLPD, "--once", "--root", str(host.path), "--config", str(tmp_path / "empty.toml")]
+    result = subprocess.run([*run, "--textfile", str(textfiles)], check=False, capture_output=True, text=True,
+                            env=ENV, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"metrics written to {textfiles / 'klpd.prom'}" in result.stderr
+    assert [p.name for p in textfiles.iterdir()] == ["klpd.prom"]  # no temporary file left behind
+    prom = (textfiles / "klpd.prom").read_text()
+    assert f'klpd_patch_state{{patch="{PATCH}",state="not_loaded"}} 1.0' in prom
+    assert "klpd_evaluations_total 1.0" in prom
+    assert (textfiles / "klpd.prom").stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user
+
+    missing = subprocess.run([*run, "--textfile", str(tmp_path / "nowhere")], check=False, capture_output=True,
+                             text=True, env=ENV, timeout=60)  # fmt: skip
+    assert missing.returncode == 1
+    assert f"--textfile {tmp_path / 'nowhere'}: cannot write the node_exporter textfile there" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_klpctl_status_asks_the_running_daemon(daemon):
     result = klpctl("status", "--socket", str(daemon.socket), "--json")
     assert result.returncode == 0, result.stderr

@@ -52,6 +52,7 @@ def test_the_package_holds_every_file_a_host_needs(deb):
     listing = subprocess.run([tool("dpkg-deb"), "-c", str(deb)], capture_output=True, text=True, check=True).stdout
     paths = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
     expected = {"/usr/bin/klpd", "/usr/bin/klpctl", "/lib/systemd/system/klpd.service",
+                "/lib/systemd/system/klpd-textfile.service", "/lib/systemd/system/klpd-textfile.timer",
                 "/usr/lib/sysusers.d/klpd.conf", "/etc/klpd/klpd.toml",
                 "/usr/share/klpd/prometheus/klpd-alerts.yml", "/usr/share/klpd/grafana/klpd-dashboard.json",
                 "/usr/lib/python3/dist-packages/klpd/cli.py",
@@ -76,6 +77,9 @@ def test_the_config_is_a_conffile_and_install_creates_the_user_and_starts_the_se
     assert "deb-systemd-helper enable 'klpd.service'" in postinst
     assert "deb-systemd-invoke $_dh_action 'klpd.service'" in postinst
     assert "deb-systemd-invoke stop 'klpd.service'" in control_file(deb, "prerm")
+    # The textfile timer is the other way to run klpd: installed, left to the administrator to enable.
+    assert "deb-systemd-invoke $_dh_action 'klpd-textfile" not in postinst
+    assert "if deb-systemd-helper debian-installed 'klpd-textfile.timer'; then" in postinst
 
 
 def test_the_installed_klpctl_runs_on_debians_python(installed, tmp_path):
