@@ -55,6 +55,7 @@ def test_the_package_holds_every_file_a_host_needs(deb):
                 "/lib/systemd/system/klpd-textfile.service", "/lib/systemd/system/klpd-textfile.timer",
                 "/usr/lib/sysusers.d/klpd.conf", "/etc/klpd/klpd.toml",
                 "/usr/share/klpd/prometheus/klpd-alerts.yml", "/usr/share/klpd/grafana/klpd-dashboard.json",
+                "/usr/share/klpd/prometheus/alertmanager-inhibit.example.yml", "/usr/share/doc/klpd/README.md",
                 "/usr/lib/python3/dist-packages/klpd/cli.py",
                 "/usr/lib/python3/dist-packages/klpd/elf/reloc_tables.py"}  # fmt: skip
     assert expected - paths == set()
@@ -96,6 +97,13 @@ def test_the_installed_klpctl_runs_on_debians_python(installed, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert f"kernel {RELEASE}" in run.stdout
+
+
+def test_the_runbook_the_alerts_link_is_installed_uncompressed(installed):
+    rules = (installed / "usr/share/klpd/prometheus/klpd-alerts.yml").read_text()
+    urls = set(re.findall(r'runbook_url: "file://([^"#]+)#', rules))
+    assert urls == {"/usr/share/doc/klpd/README.md"}
+    assert "\n## Runbook\n" in (installed / "usr/share/doc/klpd/README.md").read_text()
 
 
 def test_the_installed_unit_verifies(installed, tmp_path):
