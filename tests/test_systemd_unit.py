@@ -163,3 +163,14 @@ def test_textfile_service_writes_where_it_may_and_its_answers_do_not_fail_it():
     assert values["PrivateNetwork"] == ["yes"]
     timer = TEXTFILE_TIMER.read_text()
     assert re.search(r"^OnUnitActiveSec=\d+min$", timer, re.MULTILINE) and "WantedBy=timers.target" in timer
+
+
+def test_textfile_service_exposure_at_most_2(tmp_path):
+    path = tmp_path / TEXTFILE_SERVICE.name
+    klpd = entry_point("klpd")
+    path.write_text(TEXTFILE_SERVICE.read_text().replace("ExecStart=/usr/bin/klpd ", f"ExecStart={klpd} "))
+    result = subprocess.run([tool("systemd-analyze"), "security", "--offline=yes", "--no-pager", str(path)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    match = re.search(r"Overall exposure level for klpd-textfile\.service: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
