@@ -56,7 +56,7 @@ def _root(args: argparse.Namespace) -> SystemRoot:
 
     from klpd.root import SystemRoot
 
-    root = Path(args.root)
+    root = Path(args.root or "/")
     if not root.is_dir():
         raise UsageError(f"--root {args.root}: not a directory")
     return SystemRoot.at(root)
@@ -133,7 +133,9 @@ def _configure_status(p: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    if not args.direct:
+    # A daemon answers for the system it reads, which need not be --root's DIR: with --root, only a daemon named
+    # by --socket (one started with the same --root) is asked; the default socket's is the live host's.
+    if not args.direct and (args.root is None or args.socket is not None):
         from klpd.api_client import fetch_status
         from klpd.outputs import json as json_out
         from klpd.outputs import text as text_out
@@ -207,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         p.add_argument(
             "--root",
-            default="/",
+            default=None,
             metavar="DIR",
-            help="read the system from DIR instead of / (a fixture tree or a copy of a host)",
+            help="read the system from DIR instead of / (a fixture tree or a copy of a host); status then computes"
+            " in this process unless --socket names a daemon",
         )
         p.add_argument("--json", action="store_true", help="print the versioned JSON document")
         command.configure(p)

@@ -148,7 +148,15 @@ class Evaluation:
 
 
 def _up(problems: Iterable[Problem]) -> bool:
-    return not any(p.severity is Severity.ERROR for p in problems)
+    """A source works when it was read without an error and is there at all: a missing one (modules.dep before
+    depmod, Module.symvers without linux-headers) leaves its checks unknown, so klpd_source_up says 0."""
+    return not any(p.severity is Severity.ERROR or p.code == "source_missing" for p in problems)
+
+
+def _without_modules(problems: tuple[Problem, ...]) -> tuple[Problem, ...]:
+    """On a kernel without CONFIG_MODULES (no /proc/modules) nothing is installed under /lib/modules and no module
+    is ever loaded: advice to run depmod or install symvers would be wrong. Errors stay."""
+    return tuple(p for p in problems if p.severity is Severity.ERROR)
 
 
 def _answer_depends_on(problems: Iterable[Problem]) -> tuple[Problem, ...]:
@@ -219,15 +227,17 @@ class Evaluator:
         if unlisted and not modules.problems:
             problems.append(_modules_disagree(root.proc_modules.host, unlisted))
             up["proc_modules"] = False
+        up["livepatch_sysfs"] = up["livepatch_sysfs"] and kernel.value.livepatch_supported
+        has_modules = not any(p.code == "source_missing" for p in modules.problems)
         dep = modules_dep.read_modules_dep(root, release)
         dep = replace(dep, problems=_answer_depends_on(dep.problems))
-        problems += dep.problems
         up["modules_dep"] = _up(dep.problems)
+        problems += dep.problems if has_modules else _without_modules(dep.problems)
         build = kernel_build.read_kernel_build(
             root, release, dep.value, module_build_facts, self._kernel_build, one_shot=self._one_shot
         )
-        problems += build.problems
         up["kernel_build"] = _up(build.problems)
+        problems += build.problems if has_modules else _without_modules(build.problems)
         signing = module_signing.read_module_signing(root)
         problems += signing.problems
         up["module_signing"] = _up(signing.problems)

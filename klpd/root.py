@@ -98,6 +98,19 @@ class SystemRoot:
     def tainted(self) -> HostPath:
         return self.file("/proc/sys/kernel/tainted")
 
+    # Which host this is (klpd.sources.host_identity): the daemon's documents name it.
+    @property
+    def hostname(self) -> HostPath:
+        return self.file("/proc/sys/kernel/hostname")
+
+    @property
+    def machine_id(self) -> HostPath:
+        return self.file("/etc/machine-id")
+
+    @property
+    def boot_id(self) -> HostPath:
+        return self.file("/proc/sys/kernel/random/boot_id")
+
     @property
     def sys_module(self) -> HostPath:
         return self.file("/sys/module")

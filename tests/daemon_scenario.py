@@ -55,6 +55,9 @@ def target_module() -> bytes:
     )
 
 
+HOSTNAME, MACHINE_ID, BOOT_ID = "fleet-7", "0123456789abcdef0123456789abcdef", "01234567-89ab-cdef-0123-456789abcdef"
+
+
 class Host:
     """The fixture host and the steps that change it."""
 
@@ -75,6 +78,10 @@ class Host:
         self.fx.mkdir("/proc/1/task/1")
         self.fx.write("/proc/1/task/1/comm", "init\n")
         self.fx.write("/proc/1/task/1/patch_state", "-1\n")
+        # Which host and boot: the daemon's documents name them (klpd.sources.host_identity).
+        self.fx.write("/proc/sys/kernel/hostname", f"{HOSTNAME}\n")
+        self.fx.write("/etc/machine-id", f"{MACHINE_ID}\n")
+        self.fx.write("/proc/sys/kernel/random/boot_id", f"{BOOT_ID}\n")
 
     def _write_modules(self) -> None:
         self.fx.kallsyms(VMLINUX_SYMS, objects=self.module_syms)

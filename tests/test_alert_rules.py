@@ -10,6 +10,9 @@ from pathlib import Path
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "config" / "prometheus"
 RULES = PROMETHEUS_DIR / "klpd-alerts.yml"
 RULE_TESTS = PROMETHEUS_DIR / "klpd-alerts.test.yml"
+INHIBIT = PROMETHEUS_DIR / "alertmanager-inhibit.example.yml"
+README = PROMETHEUS_DIR.parent.parent / "README.md"
+RUNBOOK = "file:///usr/share/doc/klpd/README.md#"  # where the Debian package installs the README
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
@@ -51,6 +54,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
         "KlpdModuleLoadRefused",
         "KlpdModuleLoadWouldBeRefused",
         "KlpdPatchNotLoaded",
+        "KlpdPatchWillNotLoad",
+        "KlpdLivepatchUnsupported",
+        "KlpdTextfileStale",
     }
     assert firing == alert_names()
     assert quiet == alert_names()
@@ -67,3 +73,38 @@ def test_a_broken_rule_fails_its_unit_test(tmp_path):
     )
     assert result.returncode != 0
     assert "KlpdPatchNotLoaded" in result.stdout + result.stderr
+
+
+def rule_blocks() -> dict[str, str]:
+    parts = re.split(r"^\s*- alert:\s*", RULES.read_text(), flags=re.MULTILINE)[1:]
+    return {part.split(None, 1)[0]: part for part in parts}
+
+
+def test_every_alert_links_its_runbook_entry_in_the_readme():
+    runbook = README.read_text().split("\n## Runbook\n", 1)
+    assert len(runbook) == 2, "README.md has no '## Runbook' section"
+    section = runbook[1].split("\n## ", 1)[0]
+    entries = set(re.findall(r"^### (\w+)$", section, re.MULTILINE))
+    for name, block in rule_blocks().items():
+        url = re.search(r'runbook_url: "([^"]+)"', block)
+        assert url, f"{name} has no runbook_url"
+        assert url.group(1) == RUNBOOK + name.lower(), name  # the anchor of its "### Name" heading
+    assert entries == alert_names()
+
+
+def test_critical_alerts_for_what_will_fail():
+    blocks = rule_blocks()
+    assert "klpd_patch_will_load == 0" in blocks["KlpdPatchWillNotLoad"]
+    for name in ("KlpdPatchWillNotLoad", "KlpdModuleLoadWouldBeRefused", "KlpdModuleLoadRefused"):
+        assert "severity: critical" in blocks[name], name
+    # Target labels (datacenter, team) must reach the alert: aggregate away only klpd's own labels.
+    assert not re.search(r"\b(sum|count|max|min|avg) by\b", RULES.read_text())
+
+
+def test_the_inhibition_example_names_real_alerts():
+    text = INHIBIT.read_text()
+    named = set()
+    for matcher in re.findall(r"alertname=~?\"([^\"]+)\"", text):
+        named |= set(matcher.split("|"))
+    assert named and named <= alert_names(), named - alert_names()
+    assert "inhibit_rules:" in text and text.count("equal: [job, instance") == text.count("source_matchers")

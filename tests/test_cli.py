@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from elfwriter import R_X86_64_PC32, KlpModule
+from entry_points import entry_point
 from fixtures import RELEASE, FixtureRoot, one_symbol_root
 
 from klpd.cli import ExitCode, main
@@ -103,9 +104,25 @@ def test_status_without_daemon_says_so_and_falls_back(fx: FixtureRoot, tmp_path:
     assert json.loads(captured.out)["source"] == "direct"
 
 
+def test_status_with_a_root_never_asks_the_daemon(fx: FixtureRoot, monkeypatch, capsys) -> None:
+    """`klpctl status --root DIR` on a host whose klpd answers on the default socket: the daemon speaks for the
+    live host, not DIR, so it is not asked, and nothing says it was missing."""
+    import klpd.api_client
+
+    def daemon_asked(path: str) -> object:
+        raise AssertionError(f"asked the daemon on {path}")
+
+    monkeypatch.setattr(klpd.api_client, "fetch_status", daemon_asked)
+    assert main(["status", "--root", str(fx.path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["source"] == "direct" and captured.err == ""
+    assert main(["status", "--root", str(fx.path)]) == 0
+    assert f"kernel {RELEASE}" in capsys.readouterr().out
+
+
 def test_console_script_runs(fx: FixtureRoot) -> None:
     """The installed entry point, as a user types it (no Python traceback on a bad root either)."""
-    klpctl = Path(sys.executable).with_name("klpctl")
+    klpctl = entry_point("klpctl")
     ok = subprocess.run(
         [klpctl, "status", "--direct", "--root", str(fx.path)], capture_output=True, text=True, check=False
     )

@@ -4,6 +4,7 @@ errors a user meets when starting it wrong."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_scenario import PATCH, TARGET, Host
+from tests.daemon_scenario import BOOT_ID, HOSTNAME, MACHINE_ID, PATCH, TARGET, Host
 
 VENV_BIN = Path(sys.executable).parent
 KLPD = [sys.executable, "-m", "klpd.daemon.main"]
@@ -42,6 +43,18 @@ def wait_logged(proc: subprocess.Popen, stderr_path: Path, pattern: str, timeout
             raise AssertionError(f"klpd exited ({proc.returncode}):\n{stderr_path.read_text()}")
         time.sleep(0.05)
     raise AssertionError(f"{pattern!r} not logged:\n{stderr_path.read_text()}")
+
+
+def unix_get(path: Path, target: str) -> bytes:
+    """The body of GET ``target`` on the daemon's Unix socket, as curl --unix-socket asks."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(f"GET {target} HTTP/1.0\r\nHost: klpd\r\n\r\n".encode())
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head
+    return body
 
 
 class Daemon:
@@ -76,6 +89,16 @@ class Daemon:
         self.stderr.close()
 
 
+@pytest.fixture(autouse=True)
+def _klpd_logger_restored():
+    """main() in-process points the "klpd" logger at stderr and stops it propagating; later tests' caplog (on the
+    root logger, as pytest 7 has it) must still see klpd's records."""
+    logger = logging.getLogger("klpd")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
 @pytest.fixture
 def daemon(tmp_path):
     d = Daemon(tmp_path)
@@ -93,12 +116,40 @@ def test_once_prints_the_status_and_exits(tmp_path):
     assert PATCH in result.stdout and "klpd_target(pending, load ok)" in result.stdout
 
 
+def test_once_with_a_textfile_dir_writes_the_metrics_there_and_says_so(tmp_path):
+    """What systemd/klpd-textfile.service runs on node_exporter hosts: one evaluation, klpd.prom replaced whole."""
+    host = Host(tmp_path / "host")
+    (tmp_path / "empty.toml").write_text("")
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    run = [*KLPD, "--once", "--root", str(host.path), "--config", str(tmp_path / "empty.toml")]
+    result = subprocess.run([*run, "--textfile", str(textfiles)], check=False, capture_output=True, text=True,
+                            env=ENV, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"metrics written to {textfiles / 'klpd.prom'}" in result.stderr
+    assert [p.name for p in textfiles.iterdir()] == ["klpd.prom"]  # no temporary file left behind
+    prom = (textfiles / "klpd.prom").read_text()
+    assert f'klpd_patch_state{{patch="{PATCH}",state="not_loaded"}} 1.0' in prom
+    assert "klpd_evaluations_total 1.0" in prom
+    assert (textfiles / "klpd.prom").stat().st_mode & 0o777 == 0o644  # node_exporter runs as another user
+
+    missing = subprocess.run([*run, "--textfile", str(tmp_path / "nowhere")], check=False, capture_output=True,
+                             text=True, env=ENV, timeout=60)  # fmt: skip
+    assert missing.returncode == 1
+    assert f"--textfile {tmp_path / 'nowhere'}: cannot write the node_exporter textfile there" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_klpctl_status_asks_the_running_daemon(daemon):
     result = klpctl("status", "--socket", str(daemon.socket), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["source"] == "daemon" and doc["daemon"]["pid"] == daemon.proc.pid
     assert [p["name"] for p in doc["patches"]] == [PATCH]
+    identity = {"hostname": HOSTNAME, "machine_id": MACHINE_ID, "boot_id": BOOT_ID}  # from --root's files
+    assert {k: doc["host"][k] for k in identity} == identity
+    health = json.loads(unix_get(daemon.socket, "/v1/health"))
+    assert {k: health[k] for k in identity} == identity
     text = klpctl("status", "--socket", str(daemon.socket))
     assert PATCH in text.stdout and "daemon:" in text.stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5) as r:

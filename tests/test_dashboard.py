@@ -53,6 +53,16 @@ def test_dashboard_is_valid_json_with_unique_panel_ids():
         assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
 
 
+def test_job_variable_lists_the_jobs_that_scrape_klpd():
+    """A fleet whose scrape job is not named "klpd" picks its own: every query is filtered by $job."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    job = variables["job"]
+    assert job["type"] == "query" and job["query"]["query"] == "label_values(klpd_build_info, job)"
+    assert job["datasource"]["uid"] == "${datasource}"
+    assert all('job="$job"' in expr for _, expr in queries())
+    assert 'job="$job"' in variables["instance"]["query"]["query"]
+
+
 def test_instance_variable_drives_the_drill_down():
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
     assert variables["instance"]["type"] == "query"

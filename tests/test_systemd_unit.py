@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.entry_points import entry_point
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD / "klpd.service"
@@ -43,8 +44,7 @@ def one(key: str) -> str | None:
 def installable_unit(tmp_path) -> Path:
     # verify checks that ExecStart names an executable; /usr/bin/klpd exists only once the package is installed,
     # so check a copy whose ExecStart is this checkout's klpd (the entry point pip installed into the venv).
-    klpd = Path(sys.executable).parent / "klpd"
-    assert klpd.exists(), f"{klpd} is missing: install the project (pip install -e .)"
+    klpd = entry_point("klpd")
     text = UNIT.read_text()
     assert "ExecStart=/usr/bin/klpd " in text
     path = tmp_path / UNIT.name
@@ -127,3 +127,50 @@ def test_sysusers_creates_the_service_user(tmp_path):
     entry = next(line for line in passwd.splitlines() if line.startswith("klpd:"))
     assert entry.endswith(":/usr/sbin/nologin")
     assert re.search(r"^klpd:", (tmp_path / "etc/group").read_text(), re.MULTILINE)
+
+
+TEXTFILE_SERVICE = SYSTEMD / "klpd-textfile.service"
+TEXTFILE_TIMER = SYSTEMD / "klpd-textfile.timer"
+
+
+def test_textfile_service_and_timer_verify(tmp_path):
+    """The node_exporter mode's units: systemd-analyze verify is clean for the pair (the timer names its service)."""
+    klpd = entry_point("klpd")
+    text = TEXTFILE_SERVICE.read_text()
+    assert "ExecStart=/usr/bin/klpd " in text
+    (tmp_path / TEXTFILE_SERVICE.name).write_text(text.replace("ExecStart=/usr/bin/klpd ", f"ExecStart={klpd} "))
+    shutil.copy(TEXTFILE_TIMER, tmp_path / TEXTFILE_TIMER.name)
+    units = [str(tmp_path / TEXTFILE_TIMER.name), str(tmp_path / TEXTFILE_SERVICE.name)]
+    result = subprocess.run([tool("systemd-analyze"), "verify", *units], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in (result.stdout + result.stderr).splitlines() if "klpd" in line] == []
+
+
+def test_textfile_service_writes_where_it_may_and_its_answers_do_not_fail_it():
+    values: dict[str, list[str]] = {}
+    for line in TEXTFILE_SERVICE.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    [exec_start] = values["ExecStart"]
+    directory = re.search(r"--textfile (\S+)", exec_start)
+    assert "--once" in exec_start.split() and directory
+    # The one writable path is the directory klpd writes to: a drop-in changing one must change the other.
+    assert values["ReadWritePaths"] == [f"-{directory.group(1)}"] and values["ProtectSystem"] == ["strict"]
+    assert values["Type"] == ["oneshot"] and values["User"] == ["klpd"]
+    # --once exits 1 (problems) or 3 (undetermined) with the answer in klpd.prom: a run, not a unit failure.
+    assert set(values["SuccessExitStatus"][0].split()) == {"1", "3"}
+    assert values["PrivateNetwork"] == ["yes"]
+    timer = TEXTFILE_TIMER.read_text()
+    assert re.search(r"^OnUnitActiveSec=\d+min$", timer, re.MULTILINE) and "WantedBy=timers.target" in timer
+
+
+def test_textfile_service_exposure_at_most_2(tmp_path):
+    path = tmp_path / TEXTFILE_SERVICE.name
+    klpd = entry_point("klpd")
+    path.write_text(TEXTFILE_SERVICE.read_text().replace("ExecStart=/usr/bin/klpd ", f"ExecStart={klpd} "))
+    result = subprocess.run([tool("systemd-analyze"), "security", "--offline=yes", "--no-pager", str(path)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    match = re.search(r"Overall exposure level for klpd-textfile\.service: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout

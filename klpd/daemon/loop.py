@@ -39,6 +39,7 @@ from klpd.model import HostStatus
 from klpd.outputs.exposition import Exposition
 from klpd.outputs.metrics import render
 from klpd.root import SystemRoot
+from klpd.sources.host_identity import read_host_identity
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class Agent:
             source_up={**ev.source_up, **self._sources.up, **self._announcer.up}, transitions=transitions,
         )  # fmt: skip
         watched = tuple(self.root.host_path(p) for p in self._sources.watched)
-        state = Published(stats, self._counters, self._started, watched)
+        state = Published(stats, self._counters, self._started, watched, read_host_identity(self.root))
         snapshot = build_snapshot(status, transitions, state, error)
         self._snapshot = snapshot
         self._announcer.announce(snapshot, self.config.textfile_dir)

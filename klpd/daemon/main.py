@@ -23,12 +23,10 @@ from enum import IntEnum
 from typing import ClassVar
 
 from klpd import __version__
-from klpd.collect import Evaluator
 from klpd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from klpd.daemon.loop import Agent
+from klpd.daemon.once import run_once
 from klpd.errors import ConfigError, KlpdError, SetupError
-from klpd.outputs.text import render_status
-from klpd.predict.verdicts import has_problems, undetermined
 
 log = logging.getLogger("klpd")
 
@@ -100,17 +98,6 @@ def load(args: argparse.Namespace) -> Config:
         config = Config()
     return config.with_overrides(listen=args.listen, socket=args.socket, textfile_dir=args.textfile,
                                  root=args.root, log_level=args.log_level)  # fmt: skip
-
-
-def run_once(config: Config) -> int:
-    root = config.system_root()
-    if not root.root.is_dir():
-        raise ConfigError("<command line>", "--root", f"{root.root}: not a directory")
-    status = Evaluator(root).evaluate().status
-    print(render_status(status, False), end="")
-    if has_problems(status):
-        return ExitCode.FAILURE
-    return ExitCode.UNDETERMINED if undetermined(status) else ExitCode.OK
 
 
 # How long a stop may take, from the signal to the exit: the loop stops between two turns and every read in a turn

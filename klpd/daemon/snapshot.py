@@ -24,6 +24,7 @@ from klpd.model import HostStatus, Problem, Severity
 from klpd.outputs.json import status_document
 from klpd.outputs.metrics import MetricsSnapshot, patch_state, render
 from klpd.predict.verdicts import patch_has_problems, undetermined
+from klpd.sources.host_identity import HostIdentity
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Published:
     counters: Counters  # for the recent events and refusals; read here, in the loop thread
     started: float  # Unix time the daemon started
     watched_dirs: tuple[str, ...]  # as the host names them
+    identity: HostIdentity | None = None  # which host and boot: in both documents
 
 
 def summarize(status: HostStatus) -> str:
@@ -109,9 +111,11 @@ def build_snapshot(
     stats = state.stats
     daemon = daemon_document(state, transitions)
     summary = error or summarize(status)
+    identity = state.identity.as_json() if state.identity is not None else {}
     health = {
         "status": "error" if error else "ok",
         "summary": summary,
+        **identity,
         "evaluations": stats.evaluations,
         "last_evaluation": stats.evaluation_timestamp_seconds,
         "sources": dict(sorted(stats.source_up.items())),
@@ -122,7 +126,7 @@ def build_snapshot(
         daemon=MappingProxyType(daemon),
         transitions=tuple(transitions),
         summary=summary,
-        status_json=(json.dumps(status_document(status, "daemon", daemon), indent=2) + "\n").encode(),
+        status_json=(json.dumps(status_document(status, "daemon", daemon, identity), indent=2) + "\n").encode(),
         health_json=(json.dumps(health) + "\n").encode(),
         metrics_text=render(MetricsSnapshot(status, stats)),
     )

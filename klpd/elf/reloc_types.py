@@ -1,15 +1,17 @@
 """Relocation type names (``R_X86_64_PC32``...) for the architectures that have livepatch.
 
-The numbers come from each psABI; pyelftools already carries the tables (``elftools.elf.enums``), so this module
-only maps a machine name to the right table and inverts it. Covered: x86_64, arm64, powerpc (64 and 32-bit),
-s390x and LoongArch, the architectures with HAVE_LIVEPATCH in recent kernels, plus i386 and 32-bit ARM so that
-``klpctl inspect`` can name the relocations of any module it is shown.
+The numbers come from each psABI; pyelftools carries most tables (``elftools.elf.enums``), klpd.elf.reloc_tables
+the ones pyelftools 0.29 (Debian 12) lacks, so this module only maps a machine name to the right table. Covered:
+x86_64, arm64, powerpc (64 and 32-bit), s390x and LoongArch, the architectures with HAVE_LIVEPATCH in recent
+kernels, plus i386 and 32-bit ARM so that ``klpctl inspect`` can name the relocations of any module it is shown.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+
+from klpd.elf import reloc_tables
 
 # The x86_64 types livepatch modules are made of, named as pyelftools names them: naming them needs no import of
 # pyelftools' enums (about 9 ms of a klpctl run). Tests check that these agree with pyelftools.
@@ -37,9 +39,8 @@ def _tables() -> dict[str, dict[int, str]]:
     aarch64 = _invert(enums.ENUM_RELOC_TYPE_AARCH64)
     arm = _invert(enums.ENUM_RELOC_TYPE_ARM)
     ppc64 = _invert(enums.ENUM_RELOC_TYPE_PPC64)
-    ppc = _invert(enums.ENUM_RELOC_TYPE_PPC)
-    s390x = _invert(enums.ENUM_RELOC_TYPE_S390X)
-    loongarch = _invert(enums.ENUM_RELOC_TYPE_LOONGARCH)
+    # Not in pyelftools 0.29 (Debian 12): klpd's own copies.
+    ppc, s390x, loongarch = reloc_tables.PPC, reloc_tables.S390X, reloc_tables.LOONGARCH
     return {
         **dict.fromkeys(_X86_64_NAMES, x86_64),
         **dict.fromkeys(("em_386", "i386", "i686", "x86"), i386),

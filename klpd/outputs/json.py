@@ -103,14 +103,19 @@ def _decode(hint: Any, data: Any) -> Any:
     return data
 
 
-def status_document(status: HostStatus, source: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``klpd.status/1`` document. ``source`` says who computed it: "direct", "check" or "daemon"."""
+def status_document(
+    status: HostStatus, source: str, extra: Mapping[str, Any] | None = None, identity: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``klpd.status/1`` document. ``source`` says who computed it: "direct", "check" or "daemon"; ``extra``
+    is the daemon's own object, ``identity`` which host and boot it is (added to ``host``: the daemon's only)."""
     doc: dict[str, Any] = {"schema": STATUS_SCHEMA, "source": source}
     body = encode(status)
     doc["host"] = {
         k: body.pop(k)
         for k in ("kernel_release", "tainted", "livepatch_tainted", "livepatch_supported", "kallsyms_addresses_visible")
     }
+    if identity:
+        doc["host"].update(identity)
     doc.update(body)
     if extra:
         doc["daemon"] = dict(extra)

@@ -66,4 +66,10 @@ def read_kernel_info(root: SystemRoot) -> Read[KernelInfo]:
         tainted=_tainted(root.tainted, problems),
         livepatch_supported=root.sys_livepatch.local.is_dir(),
     )
+    if not info.livepatch_supported:
+        # A state of the host, not a source failure: every patch's verdict says it too (the loader's check).
+        path = root.sys_livepatch.host
+        problems.append(Problem("livepatch_unsupported", Severity.WARNING,
+                                f"{path}: missing: kernel {info.release} has no CONFIG_LIVEPATCH, so no livepatch"
+                                " module can load", subject=path))  # fmt: skip
     return Read(info, tuple(problems))
