@@ -117,20 +117,6 @@ class ModuleCache:
                 del table[key]
 
 
-class FtraceCache:
-    """The ftrace index of the asked names. ftrace's records change only when modules come and go, so it is read
-    again only then (the kernel formats every record, 50k+, on each read of available_filter_functions)."""
-
-    def __init__(self) -> None:
-        self._last: tuple[tuple[frozenset[str], tuple[str, ...]], ftrace.FtraceIndex | None] | None = None
-
-    def read(self, root: SystemRoot, wanted: set[str], modules: tuple[str, ...]) -> ftrace.FtraceIndex | None:
-        key = (frozenset(wanted), modules)
-        if self._last is None or self._last[0] != key:
-            self._last = (key, ftrace.read_ftrace_index(root, wanted))
-        return self._last[1]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # one evaluation
 
@@ -192,7 +178,7 @@ class Evaluator:
         # Not the last Kallsyms (the whole file and an index of it: megabytes), only what the next read needs.
         self._kallsyms: kallsyms_source.KallsymsMemo | None = None
         self._kernel_build = kernel_build.KernelBuildCache()  # Module.symvers is parsed once per change
-        self._ftrace = FtraceCache()
+        self._ftrace = ftrace.FtraceCache()
 
     def system(self) -> tuple[SystemState, dict[str, bool], modules_dep.ModulesDep]:
         root = self.root

@@ -67,3 +67,17 @@ def test_without_tracefs_ftrace_is_unknown_and_status_lists_the_loaded_patchs_fu
     checks = {c.check: c for c in old.load_checks}
     assert checks[LoadCheckName.FUNCTIONS].result is CheckResult.UNKNOWN
     assert checks[LoadCheckName.STATES].result is CheckResult.OK  # no other patch loaded
+
+
+def test_the_ftrace_index_is_read_again_only_when_modules_come_or_go(tmp_path: Path) -> None:
+    from klpd.sources.ftrace import FtraceCache
+
+    fx = FixtureRoot(tmp_path)
+    fx.write("/sys/kernel/tracing/available_filter_functions", "f\n")
+    cache = FtraceCache()
+    first = cache.read(fx.root, {"f"}, ("ext4",))
+    assert first is not None and first.count("vmlinux", "f") == 1
+    fx.write("/sys/kernel/tracing/available_filter_functions", "f\nf [xfs]\n")
+    assert cache.read(fx.root, {"f"}, ("ext4",)) is first  # same modules: the records cannot have changed
+    again = cache.read(fx.root, {"f"}, ("ext4", "xfs"))
+    assert again is not None and again.count("xfs", "f") == 1

@@ -65,3 +65,18 @@ def read_ftrace_index(root: SystemRoot, wanted: Iterable[str]) -> FtraceIndex | 
             return None  # an empty copy (a tar of tracefs) says nothing: never "no function is traceable"
         return parse_filter_functions(text, path.host, names)
     return None
+
+
+class FtraceCache:
+    """The index of the asked names, kept: ftrace's records change only when modules come and go, so the daemon
+    reads the file again only then (the kernel formats every record, 50k+, on each read)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[frozenset[str], tuple[str, ...]], FtraceIndex | None] | None = None
+
+    def read(self, root: SystemRoot, wanted: set[str], modules: tuple[str, ...]) -> FtraceIndex | None:
+        """:func:`read_ftrace_index`, again only when ``wanted`` or the loaded ``modules`` changed."""
+        key = (frozenset(wanted), modules)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, read_ftrace_index(root, wanted))
+        return self._last[1]
