@@ -3,6 +3,8 @@
 # Debian/Ubuntu machine with Python 3.11+ (as root, or with sudo for the system packages).
 #   ./dev.sh run [klpd args...]   set up, then run the agent with the shipped default config
 #   ./dev.sh test [pytest args...] set up (test tools included), then run the whole test suite
+#   ./dev.sh test-vm KERNEL [pytest args...]  set up, then run the real-kernel suite on one kernel series (5.10,
+#                                  6.1, 6.12 or 7; the core cases only on 5.10 and 7)
 #   ./dev.sh setup                 set up only
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,8 +32,8 @@ setup() {
         # promtool (metrics and alert rules), systemd-analyze (unit checks), openssl (module signatures made as
         # sign-file makes them), and what the QEMU suite needs (udevd and journald run in a guest as on a fleet host;
         # curl and jq ask the daemon there).
-        apt_install prometheus systemd udev openssl qemu-system-x86 busybox-static cpio kmod xz-utils zstd make bc \
-            curl jq
+        apt_install prometheus systemd udev openssl qemu-system-x86 busybox-static cpio kmod xz-utils zstd patchelf make \
+            bc curl jq
     fi
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
@@ -62,8 +64,15 @@ case "$verb" in
         "$VENV/bin/mypy" klpd
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
+    test-vm)
+        [ $# -ge 1 ] || { echo "usage: ./dev.sh test-vm KERNEL [pytest args...]" >&2; exit 2; }
+        kernel=$1
+        shift
+        setup test
+        KLPD_VM_KERNEL=$kernel exec "$VENV/bin/python" -m pytest -m vm "$@"
+        ;;
     *)
-        echo "usage: ./dev.sh run [klpd args...] | ./dev.sh test [pytest args...] | ./dev.sh setup" >&2
+        echo "usage: ./dev.sh run [klpd args...] | ./dev.sh test [pytest args...] | ./dev.sh test-vm KERNEL | ./dev.sh setup" >&2
         exit 2
         ;;
 esac

@@ -85,9 +85,10 @@ def with_crc(data: bytes, symbol: str) -> bytes:
 
 
 def other_release(vermagic: str) -> str:
-    """The same vermagic with the release of the previous Debian ABI, e.g. 6.1.0-57-amd64 -> 6.1.0-56-amd64."""
+    """The same vermagic with the release of the previous Debian ABI or upload, e.g. 6.1.0-57-amd64 ->
+    6.1.0-56-amd64, 6.12.118+deb13-amd64 -> 6.12.117+deb13-amd64."""
     release, flags = vermagic.split(" ", 1)
-    m = re.fullmatch(r"(\d+\.\d+\.\d+-)(\d+)(-.*)", release)
+    m = re.fullmatch(r"(\d+\.\d+\.\d+-)(\d+)(-.*)", release) or re.fullmatch(r"(\d+\.\d+\.)(\d+)(\+.*)", release)
     assert m, release
     return f"{m[1]}{int(m[2]) - 1}{m[3]} {flags}"
 
