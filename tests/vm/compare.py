@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from klpd.kernel_version import semantics_for
+
 PREFIX = "livepatch: "
 
 # kernel message -> klpd SymbolStatus value, in klp_resolve_symbols()/klp_find_object_symbol() wording.
@@ -116,6 +118,18 @@ def matches_verdict(patch_doc: dict[str, Any], verdict: KernelVerdict) -> bool:
         p["code"] == verdict.status and verdict.name in ((p.get("subject") or "") + " " + p["message"])
         for p in problems(patch_doc)
     )
+
+
+def shown_patched(release: str, patched: bool) -> bool | None:
+    """An object's ``patched`` as kernel ``release`` shows it (sysfs, and so klpd's JSON and metrics): None where
+    the kernel has no such attribute (before 6.1; KernelSemantics.sysfs_object_patched)."""
+    return patched if semantics_for(release).sysfs_object_patched else None
+
+
+def sysfs_patched(release: str, patched: bool) -> str | None:
+    """The text of /sys/kernel/livepatch/<patch>/<object>/patched on kernel ``release``, None where it is absent."""
+    shown = shown_patched(release, patched)
+    return None if shown is None else str(int(shown))
 
 
 def sysfs_mismatches(patch_doc: dict[str, Any], sysfs: dict[str, Any]) -> list[str]:
