@@ -72,11 +72,14 @@ def assert_status_matches_sysfs(step_status, step_sysfs):
     return doc, sysfs
 
 
-def test_stacked_patches(runs):
+def test_stacked_patches(env, runs):
     result = runs["stacked"]
     assert result.step("insmod1").rc == 0 and result.step("insmod2").rc == 0
     doc, sysfs = assert_status_matches_sysfs(result.step("status"), result.step("sysfs"))
     assert set(sysfs) == {"test_klp_livepatch", "test_klp_atomic_replace"}
+    # which attributes this kernel creates (replace since 6.11, stack_order since 6.14) is what klpd's table says
+    for name in sysfs:
+        assert compare.attribute_mismatches(env.kernel.release, sysfs[name]) == [], (name, sysfs[name])
     for name in sysfs:
         patch = compare.patch(doc, name)
         assert patch["loaded"] is True and patch["enabled"] is True and patch["transition"] is False
