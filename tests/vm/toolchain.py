@@ -1,7 +1,7 @@
 """A private build root for a kernel of another suite: its headers, kbuild and the compiler it was built with.
 
 ``linux-headers-<release>`` depends on its ``-common`` headers, ``linux-kbuild-*`` and ``linux-compiler-gcc-N-x86``
-(the gcc the kernel was built with: gcc-10 for bullseye's 5.10, gcc-14 for trixie's 6.12, gcc-15 for sid's 7.x).
+(the gcc the kernel was built with: gcc-10 for bullseye's 5.10, gcc-14 for trixie's 6.12, gcc-16 for sid's 7.2).
 Installing that closure on the host would upgrade libc6 and dozens of host packages, so it is downloaded against an
 empty dpkg status and unpacked into ``<kernel cache>/sysroot`` instead. Two things then make it work from there:
 
