@@ -71,5 +71,6 @@ def test_reload_after_removal_predicted(result):
         refusal = set(compare.failure_lines(again.dmesg))
         assert refusal, again.dmesg
         assert refusal <= compare.predicted_messages(doc, compare.patch(doc, PATCH)), (refusal, predicted["reasons"])
+        # 5.10 prints it as "module: x86/modules: Skipping ..." (the module loader's pr_fmt in front)
         nonzero = [line for line in again.dmesg if "existing value is nonzero" in line]
-        assert nonzero and all(line.startswith("x86/modules: Skipping invalid relocation target") for line in nonzero)
+        assert nonzero and all("x86/modules: Skipping invalid relocation target" in line for line in nonzero)
