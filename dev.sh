@@ -5,6 +5,8 @@
 #   ./dev.sh test [pytest args...] set up (test tools included), then run the whole test suite
 #   ./dev.sh test-debian [pytest args...] the non-QEMU suite on Debian's own python3-* packages (no venv): what a
 #                                  host installing the .deb runs klpd with (CI runs it before `test`)
+#   ./dev.sh test-vm KERNEL [pytest args...]  set up, then run the real-kernel suite on one kernel series (5.10,
+#                                  6.1, 6.12 or 7; the core cases only on 5.10 and 7)
 #   ./dev.sh setup                 set up only
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -56,7 +58,7 @@ setup() {
         # sign-file makes them), and what the QEMU suite needs (udevd and journald run in a guest as on a fleet host;
         # curl and jq ask the daemon there).
         apt_install "the test tools and the QEMU suite" prometheus systemd udev openssl qemu-system-x86 \
-            busybox-static cpio kmod xz-utils zstd make bc curl jq
+            busybox-static cpio kmod xz-utils zstd patchelf make bc curl jq
         # The Debian package (tests/test_debian_package.py builds it with dpkg-buildpackage and runs what it
         # installs on Debian's python3 and python3-* packages).
         apt_install "the Debian package and the suite on Debian's Python" dpkg-dev debhelper dh-python python3-all \
@@ -115,9 +117,16 @@ case "$verb" in
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     test-debian) test_debian "$@" ;;
+    test-vm)
+        [ $# -ge 1 ] || { echo "usage: ./dev.sh test-vm KERNEL [pytest args...]" >&2; exit 2; }
+        kernel=$1
+        shift
+        setup test
+        KLPD_VM_KERNEL=$kernel exec "$VENV/bin/python" -m pytest -m vm "$@"
+        ;;
     *)
         echo "usage: ./dev.sh run [klpd args...] | ./dev.sh test [pytest args...] | ./dev.sh test-debian [pytest args...]" \
-            "| ./dev.sh setup" >&2
+            "| ./dev.sh test-vm KERNEL [pytest args...] | ./dev.sh setup" >&2
         exit 2
         ;;
 esac

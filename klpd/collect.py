@@ -235,8 +235,10 @@ class Evaluator:
             srcversions[lp.name] = info.value.srcversion if info.value else None
             if info.value is not None and info.value.sections is not None:
                 # What the kernel shows of the patch's livepatch ELF: all a loaded patch without a file offers.
-                symbols = tuple(name for name, _ in kallsyms.value.klp_symbols(lp.name))
-                running[lp.name] = RunningPatch(info.value.klp_rela_sections, symbols)
+                klp_symbols = kallsyms.value.klp_symbols(lp.name)
+                symbols = tuple(name for name, _ in klp_symbols)
+                resolved = _resolved_objects(klp_symbols) if kallsyms.value.addresses_visible else None
+                running[lp.name] = RunningPatch(info.value.klp_rela_sections, symbols, resolved)
         state = SystemState(
             kernel=kernel.value,
             kallsyms=kallsyms.value,
@@ -389,3 +391,9 @@ def evaluate_host(root: SystemRoot, prefetch: Prefetch | None = None) -> HostSta
 def evaluate_files(root: SystemRoot, files: Sequence[Path], prefetch: Prefetch | None = None) -> HostStatus:
     """``klpctl check``: these files against the host under ``root``."""
     return Evaluator(root, prefetch, one_shot=True).evaluate(files).status
+
+
+def _resolved_objects(klp_symbols: tuple[tuple[str, int], ...]) -> frozenset[str]:
+    """The objects some of whose ``.klp.sym`` symbols the kernel has given an address."""
+    parsed = ((parse_klp_sym_name(name), address) for name, address in klp_symbols)
+    return frozenset(p.object for p, address in parsed if p is not None and address != 0)

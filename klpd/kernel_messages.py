@@ -28,6 +28,9 @@ _FIELDS = {
     "object": _NAME,
     "errno": r"-?\d+",
     "action": r"patching|unpatching",
+    "type": r"\d+",
+    "loc": r"\S+",
+    "val": r"[0-9a-f]+",
 }
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -85,6 +88,12 @@ SYMBOL_NOT_FOUND = KernelMessage("symbol '{name}' not found in symbol table")
 # sympos message maps it to "vmlinux".
 AMBIGUOUS_SYMBOL = KernelMessage("unresolvable ambiguity for symbol '{name}' in object '{object}'")
 SYMPOS_NOT_FOUND = KernelMessage("symbol position {sympos} for symbol '{name}' in object '{object}' not found")
+
+# --- arch/x86/kernel/module.c apply_relocate_add(): a relocation target already written (5.10, 6.1) ----------------
+RELOCATION_TARGET_NONZERO = KernelMessage(
+    "Skipping invalid relocation target, existing value is nonzero for type {type}, loc {loc}, val {val}",
+    prefix="x86/modules: ",
+)
 
 # --- klp_enable_patch(), klp_module_coming(), klp_module_going() ---------------------------------------------------
 NOT_LIVEPATCH_MODULE = KernelMessage("module {module} is not marked as a livepatch module")

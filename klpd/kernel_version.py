@@ -7,7 +7,8 @@ comes from (``../shared/reference/kernel-checks.md`` §4). A release newer than 
 newest rules, and one older than the oldest with the oldest; both say so as a problem, as does a release klpd cannot
 read a version from.
 
-Consulted so far: the symbol-name width (``ksym_name_max``) and the "not marked as a livepatch symbol" variant.
+Consulted so far: the symbol-name width (``ksym_name_max``), the "not marked as a livepatch symbol" variant and
+whether a patched module removed and loaded again is refused (``clears_relocs_on_module_removal``).
 The other fields record what the checked trees showed, for the verdicts that need them (the module loader's checks,
 a patched module's reload, the sysfs attributes each kernel creates); they are not consulted yet.
 """

@@ -305,6 +305,10 @@ class RunningPatch:
 
     sections: tuple[str, ...]  # .klp.rela.* section names
     symbols: tuple[str, ...]  # .klp.sym.* symbol names, in kallsyms order
+    # Objects whose .klp.sym.<object>.* symbols have a non-zero address: the kernel has resolved them, and applied
+    # the object's sections, at least once since the patch loaded (klp_resolve_symbols() writes st_value, and
+    # nothing clears it when the object goes). None: addresses are hidden from this reader.
+    resolved_objects: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

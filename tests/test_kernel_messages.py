@@ -11,7 +11,8 @@ ALL = {name: m for name, m in vars(msg).items() if isinstance(m, msg.KernelMessa
 FIELDS = {"patch": "lp_1", "module": "xfs", "object": "(null)", "errno": -22, "action": "patching", "symbol":
           ".klp.sym.vmlinux.f,0", "name": "f", "sympos": 3, "section": ".klp.rela.xfs.text", "symtab_section": 41,
           "relocation": 7, "what": "unsigned module", "comm": "insmod", "have": "6.1.0-57-amd64 SMP mod_unload ",
-          "want": "6.1.0-57-amd64 SMP preempt mod_unload modversions "}  # fmt: skip
+          "want": "6.1.0-57-amd64 SMP preempt mod_unload modversions ", "type": 2, "loc": "000000003c7f1a2b",
+          "val": "ffffffffc0a01010"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(ALL))

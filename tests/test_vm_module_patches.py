@@ -116,7 +116,8 @@ def assert_refusal_predicted(doc, patch, dmesg):
 
 
 @pytest.mark.parametrize("variant", CASES)
-def test_patch_first_then_target(runs, variant):
+def test_patch_first_then_target(env, runs, variant):
+    release = env.kernel.release
     expected = CASES[variant][0]
     result = runs[f"patch_first_{variant}"]
     insmod, modprobe = result.step("insmod"), result.step("modprobe")
@@ -150,7 +151,7 @@ def test_patch_first_then_target(runs, variant):
     # Loaded, target absent: sysfs shows the object unpatched; klpd agrees and still calls the sections pending.
     before = compare.patch(result.step("status_before").json(), variant)
     sysfs_before = result.step("sysfs_before").json()[variant]
-    assert sysfs_before["objects"][TARGET]["patched"] == "0"
+    assert sysfs_before["objects"][TARGET].get("patched") == compare.sysfs_patched(release, False)
     assert compare.sysfs_mismatches(before, sysfs_before) == []
     assert compare.obj(before, TARGET)["loaded"] is False
     assert {s["state"] for s in compare.sections(before, TARGET)} == states
@@ -178,11 +179,11 @@ def test_patch_first_then_target(runs, variant):
     assert compare.sysfs_mismatches(after, sysfs_after) == []
     after_target = compare.obj(after, TARGET)
     if kernel_loads_target:
-        assert sysfs_after["objects"][TARGET]["patched"] == "1"
-        assert after_target["loaded"] is True and after_target["patched"] is True
+        assert sysfs_after["objects"][TARGET].get("patched") == compare.sysfs_patched(release, True)
+        assert after_target["loaded"] is True and after_target["patched"] is compare.shown_patched(release, True)
         assert {s["state"] for s in after_target["sections"]} == {"applied"}
     else:
-        assert sysfs_after["objects"][TARGET]["patched"] == "0"
+        assert sysfs_after["objects"][TARGET].get("patched") == compare.sysfs_patched(release, False)
         assert after_target["loaded"] is False
 
 
@@ -204,7 +205,7 @@ def test_target_first_then_refused_patch(runs, variant):
 
 
 @pytest.mark.parametrize("variant", TARGET_FIRST_LOADS)
-def test_target_first_then_patch(runs, variant):
+def test_target_first_then_patch(env, runs, variant):
     result = runs[f"target_first_{variant}"]
     assert result.step("modprobe").rc == 0, result.step("modprobe").err
     insmod = result.step("insmod")
@@ -220,7 +221,7 @@ def test_target_first_then_patch(runs, variant):
 
     status = compare.patch(result.step("status").json(), variant)
     sysfs = result.step("sysfs").json()[variant]
-    assert sysfs["objects"][TARGET]["patched"] == "1"
+    assert sysfs["objects"][TARGET].get("patched") == compare.sysfs_patched(env.kernel.release, True)
     assert compare.sysfs_mismatches(status, sysfs) == []
     assert {s["state"] for s in compare.sections(status, TARGET)} == {"applied"}
 

@@ -1,5 +1,10 @@
 """Will a later load of a patched module succeed? klp_module_coming() applies the patch's ``.klp.rela.<mod>.*``
-sections before the module's init runs, and a failure refuses the module's load (kernel/livepatch/core.c)."""
+sections before the module's init runs, and a failure refuses the module's load (kernel/livepatch/core.c).
+
+A module loaded and removed while the patch stayed is a second case: on x86, kernels before 0c05e7bd2d01
+"livepatch,x86: Clear relocation targets on a module removal" (6.3) leave the targets written, and the next
+apply_relocate_add() refuses them (ENOEXEC). Seen on Debian's 5.10 and 6.1; 6.12 and 7.2 patch the module again.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from klpd.model_description import FunctionResult, FunctionStatus
 from klpd.predict.functions import failing as failing_functions
 from klpd.predict.inputs import SystemState
 
-_EINVAL = -22
+_EINVAL, _ENOEXEC = -22, -8
 
 
 def module_load(
@@ -38,6 +43,16 @@ def module_load(
         return ModuleLoad.UNKNOWN, (symtab.message,)
     if symtab is None:
         return ModuleLoad.UNKNOWN, (f"the .ko of module '{obj}' was not read",)
+    running = system.running_patches.get(patch)
+    reloaded = running is not None and obj in (running.resolved_objects or ())
+    if reloaded and not system.semantics.clears_relocs_on_module_removal:
+        return ModuleLoad.REFUSED, (
+            f"module '{obj}' was loaded and removed since patch '{patch}' was: kernel {release} does not clear "
+            "the relocation targets it wrote then, so applying them again fails: "
+            + msg.RELOCATION_TARGET_NONZERO.format(type="<type>", loc="<loc>", val="<val>"),
+            msg.PATCH_INIT_FAILED.format(patch=patch, module=obj, errno=_ENOEXEC),
+            msg.MODULE_LOAD_REFUSED.format(patch=patch, module=obj),
+        )
     failing = [s for s in sections if s.state is SectionState.FAILS]
     bad = [f for f in failing_functions(functions) if f.kernel_message]
     lookups = [f.kernel_message or "" for f in bad if f.status is not FunctionStatus.NOT_TRACEABLE]

@@ -57,10 +57,13 @@ def _evaluate(
     else:
         return sections, symbols
     patched = {o.name: o.patched for o in sysfs.objects} if sysfs else {}
+    # Before 6.1 sysfs has no <object>/patched: the kernel's resolved .klp.sym.<object>.* addresses in kallsyms
+    # say instead that it applied the object's sections (seen on 5.10).
+    resolved = (running.resolved_objects or frozenset()) if running is not None else frozenset()
     for section in flagged:
-        sections.setdefault(section.object, []).append(
-            section_result(evaluation, system, section, patched.get(section.object))
-        )
+        shown = patched.get(section.object)
+        applied = shown if shown is not None else (section.object in resolved or None)
+        sections.setdefault(section.object, []).append(section_result(evaluation, system, section, applied))
     for symbol, first_use in evaluation.symbol_results(flagged):
         home = symbol.object or first_use
         if home is not None:

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from klpd.kernel_version import semantics_for
+
 PREFIX = "livepatch: "
 
 # kernel message -> klpd SymbolStatus value, in klp_resolve_symbols()/klp_find_object_symbol() wording.
@@ -22,7 +24,11 @@ SYMBOL_FAILURES = (
     ),
     (re.compile(r"symbol '(?P<name>[^']+)' not found in symbol table$"), "not_found"),
     (re.compile(r"symbol (?P<name>\S+) has an incorrectly formatted name$"), "malformed_name"),
-    (re.compile(r"symbol (?P<name>\S+) is not marked as a livepatch symbol$"), "not_livepatch_symbol"),
+    # 6.19+ names the relocation: "symbol X at rela sec N idx M is not marked as a livepatch symbol" (7.2)
+    (
+        re.compile(r"symbol (?P<name>\S+)(?: at rela sec \d+ idx -?\d+)? is not marked as a livepatch symbol$"),
+        "not_livepatch_symbol",
+    ),
     (
         re.compile(r"invalid access to vmlinux symbol '(?P<name>[^']+)' from module-specific livepatch relocation"),
         "vmlinux_from_module_section",
@@ -116,6 +122,37 @@ def matches_verdict(patch_doc: dict[str, Any], verdict: KernelVerdict) -> bool:
         p["code"] == verdict.status and verdict.name in ((p.get("subject") or "") + " " + p["message"])
         for p in problems(patch_doc)
     )
+
+
+def shown_patched(release: str, patched: bool) -> bool | None:
+    """An object's ``patched`` as kernel ``release`` shows it (sysfs, and so klpd's JSON and metrics): None where
+    the kernel has no such attribute (before 6.1; KernelSemantics.sysfs_object_patched)."""
+    return patched if semantics_for(release).sysfs_object_patched else None
+
+
+def sysfs_patched(release: str, patched: bool) -> str | None:
+    """The text of /sys/kernel/livepatch/<patch>/<object>/patched on kernel ``release``, None where it is absent."""
+    shown = shown_patched(release, patched)
+    return None if shown is None else str(int(shown))
+
+
+def attribute_mismatches(release: str, sysfs: dict[str, Any]) -> list[str]:
+    """Where the attributes kernel ``release`` creates under /sys/kernel/livepatch/<patch> (a sysfs_dump entry)
+    differ from what KernelSemantics records for its version: ``replace`` (6.11), ``stack_order`` (6.14),
+    ``<object>/patched`` (6.1)."""
+    rules = semantics_for(release)
+    out = [
+        f"{key}: kernel {'has' if key in sysfs else 'lacks'} it, KernelSemantics says {expected}"
+        for key, expected in (("replace", rules.sysfs_replace), ("stack_order", rules.sysfs_stack_order))
+        if (key in sysfs) != expected
+    ]
+    out += [
+        f"object {name}: kernel {'has' if 'patched' in sobj else 'lacks'} 'patched', KernelSemantics says "
+        f"{rules.sysfs_object_patched}"
+        for name, sobj in sysfs["objects"].items()
+        if ("patched" in sobj) != rules.sysfs_object_patched
+    ]
+    return out
 
 
 def sysfs_mismatches(patch_doc: dict[str, Any], sysfs: dict[str, Any]) -> list[str]:

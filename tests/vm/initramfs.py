@@ -13,11 +13,13 @@ service runs the script the same way and powers off.
 
 from __future__ import annotations
 
+import lzma
 import re
 import stat
+import subprocess
 from pathlib import Path
 
-from .kernel import run
+from .errors import run
 
 # What mounting the host root needs, besides what is built in. Their dependencies come from modules.dep.
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
@@ -131,6 +133,15 @@ def boot_modules(tree: Path, release: str) -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
+def _uncompressed(ko: Path) -> bytes:
+    """The module's ELF: busybox's insmod reads no zstd (6.12's and 7.x's modules are compressed)."""
+    if ko.suffix == ".xz":
+        return lzma.decompress(ko.read_bytes())
+    if ko.suffix == ".zst":
+        return subprocess.run(["zstd", "-dc", str(ko)], capture_output=True, check=True).stdout
+    return ko.read_bytes()
+
+
 def build_initramfs(tree: Path, release: str, busybox: Path, dest: Path) -> Path:
     """Write the initramfs for ``release`` (modules taken from ``tree``) to ``dest``."""
     dirs = ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "out", "modules", "keep")
@@ -140,8 +151,9 @@ def build_initramfs(tree: Path, release: str, busybox: Path, dest: Path) -> Path
     parts.append(_newc_entry("init", stat.S_IFREG | 0o755, INIT.encode()))
     order = []
     for ko in boot_modules(tree, release):
-        parts.append(_newc_entry(f"modules/{ko.name}", stat.S_IFREG | 0o644, ko.read_bytes()))
-        order.append(ko.name)
+        name = ko.name.removesuffix(".xz").removesuffix(".zst")
+        parts.append(_newc_entry(f"modules/{name}", stat.S_IFREG | 0o644, _uncompressed(ko)))
+        order.append(name)
     parts.append(_newc_entry("modules/order", stat.S_IFREG | 0o644, "".join(f"{n}\n" for n in order).encode()))
     parts.append(_newc_entry("TRAILER!!!", 0))
     tmp = dest.with_name(dest.name + ".tmp")

@@ -1,9 +1,17 @@
-"""Debian's own kernel for the QEMU suite: fetched with apt, cached, and made ready to boot and to build modules for.
+"""Debian's own kernels for the QEMU suite: fetched with apt, cached per kernel, made ready to boot and to build for.
 
-The kernel is ``linux-image-6.1.0-<N>-amd64``, whatever ``linux-image-amd64`` depends on today (override with
-``KLPD_VM_KERNEL=6.1.0-<N>-amd64``). Its ``linux-headers`` package is installed with apt, as root, because kbuild
-needs the compiler the kernel was built with (gcc-12) and ``linux-kbuild-6.1``; ``linux-source-6.1`` of the same
-version is downloaded only to extract ``lib/livepatch/`` and ``samples/livepatch/``.
+The series (:mod:`series`) decides where a kernel comes from:
+
+- bookworm's 6.1, the host's suite: ``linux-image-6.1.0-<N>-amd64``, whatever ``linux-image-amd64`` depends on
+  today (``KLPD_VM_KERNEL=6.1.0-<N>-amd64`` overrides). Its ``linux-headers`` package is installed with the host's
+  apt, as root, because kbuild needs the compiler the kernel was built with (gcc-12, the host's) and
+  ``linux-kbuild-6.1``. Cached in ``<cache>/<release>_<version>``.
+- another suite's (5.10, 6.12, 7.x): the image through a private apt configuration (:class:`apt.PrivateApt`), the
+  headers and compiler unpacked into a private build root (:mod:`toolchain`). Cached in
+  ``<cache>/kernels/<release>_<version>``, under a lock of its own so that a cold download blocks no other series.
+
+``linux-source-<major.minor>`` of the same version is downloaded only to extract ``lib/livepatch/`` and
+``samples/livepatch/``.
 
 Every step writes into a temporary name and renames it when complete, so an interrupted run never leaves a half-made
 cache entry behind, and a lock file serialises concurrent test sessions on the same cache.
@@ -16,20 +24,18 @@ import fcntl
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import toolchain
+from .apt import PrivateApt, apt_install, apt_query, apt_update_once, apt_updated, candidate_version, fetch_deb
+from .errors import HarnessError, Unavailable, run
+from .series import Series, selected
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-class Unavailable(Exception):
-    """The suite cannot run here (no QEMU, not root, no package registry): a reason to skip."""
-
-
-class HarnessError(Exception):
-    """A preparation step failed where it should have worked: a real failure, never a skip."""
+__all__ = ["HarnessError", "KernelImage", "Unavailable", "apt_install", "prepare_kernel", "run"]
 
 
 def cache_dir() -> Path:
@@ -50,6 +56,15 @@ def cache_dir() -> Path:
     return path
 
 
+def lock_path(cache: Path) -> Path:
+    """The lock of the selected series' cache: the host's 6.1 keeps the cache-wide one it always had."""
+    series, _ = selected()
+    if series.host:
+        return cache / "lock"
+    (cache / "kernels").mkdir(exist_ok=True)
+    return cache / "kernels" / f"{series.name}.lock"
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed) for the duration of the block."""
@@ -61,101 +76,17 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    """Run a host command, returning stdout; a failure raises HarnessError quoting the command's stderr."""
-    proc = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, errors="replace", check=False
-    )
-    if proc.returncode != 0:
-        raise HarnessError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc.stdout
-
-
-def _apt_env() -> dict[str, str]:
-    return {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise Unavailable(f"{what} needs root (apt-get); run the suite as root or via ./dev.sh test")
-
-
-_apt_updated = False
-
-
-def _apt_update_once() -> None:
-    global _apt_updated  # noqa: PLW0603 - one `apt-get update` per test session is the point
-    if not _apt_updated:
-        _require_root("apt-get update")
-        run(["apt-get", "update", "-qq"], env=_apt_env())
-        _apt_updated = True
-
-
-def _installed(package: str) -> bool:
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False)
-    return proc.returncode == 0 and "install ok installed" in proc.stdout
-
-
-def apt_install(packages: Sequence[str]) -> None:
-    """Install the packages that are not installed yet (no apt call at all when none is missing)."""
-    missing = [p for p in packages if not _installed(p)]
-    if not missing:
-        return
-    _require_root(f"installing {' '.join(missing)}")
-    _apt_update_once()
-    run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=300", *missing],
-        env=_apt_env(),
-    )
-
-
-def _apt_query(args: Sequence[str]) -> str:
-    """An apt-cache query; an empty answer triggers one `apt-get update` (fresh machines have no lists)."""
-    out = subprocess.run(["apt-cache", *args], capture_output=True, text=True, check=False).stdout
-    if not out.strip() and os.geteuid() == 0:
-        _apt_update_once()
-        out = subprocess.run(["apt-cache", *args], capture_output=True, text=True, check=False).stdout
-    return out
-
-
 def current_release() -> str:
-    """The kernel release to test: ``$KLPD_VM_KERNEL`` or the flavour ``linux-image-amd64`` depends on."""
-    env = os.environ.get("KLPD_VM_KERNEL")
-    if env:
-        return env
-    out = _apt_query(["depends", "linux-image-amd64"])
+    """The host suite's kernel release to test: a full ``$KLPD_VM_KERNEL``, else the flavour
+    ``linux-image-amd64`` depends on."""
+    _, release = selected()
+    if release:
+        return release
+    out = apt_query(["depends", "linux-image-amd64"])
     m = re.search(r"Depends: linux-image-(6\.1\.\d+-\d+-amd64)\b", out)
     if not m:
         raise Unavailable(f"apt knows no linux-image-amd64 depending on a 6.1 kernel:\n{out[:500]}")
     return m.group(1)
-
-
-def candidate_version(package: str) -> str:
-    m = re.search(r"Candidate: (\S+)", _apt_query(["policy", package]))
-    if not m or m.group(1) == "(none)":
-        raise Unavailable(f"apt has no candidate for {package}")
-    return m.group(1)
-
-
-def fetch_deb(package: str, version: str, dest: Path) -> Path:
-    """``apt-get download package=version`` into ``dest`` (kept there: a warm cache downloads nothing)."""
-    name = f"{package}_{version.replace(':', '%3a')}_"
-    found = sorted(dest.glob(f"{name}*.deb"))
-    if found:
-        return found[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / "partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    # root downloads as _apt, which cannot write into a root-owned cache: download as root instead.
-    run(["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", f"{package}={version}"], cwd=tmp)
-    debs = list(tmp.glob("*.deb"))
-    if len(debs) != 1:
-        raise HarnessError(f"apt-get download {package}={version} gave {debs}")
-    final = dest / debs[0].name
-    debs[0].rename(final)
-    tmp.rmdir()
-    return final
 
 
 @dataclass(frozen=True)
@@ -165,7 +96,14 @@ class KernelImage:
     release: str  # e.g. 6.1.0-56-amd64
     version: str  # Debian package version, e.g. 6.1.192-2
     base: Path  # its cache directory: everything made for this kernel goes there
-    headers: Path  # /usr/src/linux-headers-<release> (installed with apt)
+    headers: Path  # <sysroot>/usr/src/linux-headers-<release>
+    series: str = "6.1"
+    sysroot: Path = Path("/")  # where the headers and compiler live: the host, or a private build root
+
+    @property
+    def build_path(self) -> str | None:
+        """PATH for kbuild: the private build root's compiler first; None for the host's own."""
+        return None if self.sysroot == Path("/") else toolchain.tool_path(self.sysroot)
 
     @property
     def root(self) -> Path:
@@ -179,11 +117,13 @@ class KernelImage:
 
     @property
     def vmlinuz(self) -> Path:
-        return self.root / "boot" / f"vmlinuz-{self.release}"
+        in_modules = self.modules / "vmlinuz"  # sid's 7.x: /usr/lib/modules/<release>/vmlinuz
+        return in_modules if in_modules.exists() else self.root / "boot" / f"vmlinuz-{self.release}"
 
     @property
     def modules(self) -> Path:
-        return self.root / "lib" / "modules" / self.release
+        merged = self.root / "usr" / "lib" / "modules" / self.release  # trixie's and sid's packages: merged /usr
+        return merged if merged.is_dir() else self.root / "lib" / "modules" / self.release
 
 
 def _complete(final: Path, make: Callable[[Path], None]) -> Path:
@@ -207,63 +147,127 @@ def _extract_livepatch_sources(deb: Path, dest: Path) -> None:
     if not m:
         raise HarnessError(f"{deb} holds no usr/src/linux-source-*.tar.xz")
     dest.mkdir(parents=True)
-    # Only two small directories are needed out of a 1.3 GB tree: stream it, never unpack it whole.
+    # Only small directories are needed out of a 1.3 GB tree: stream it, never unpack it whole. The selftest
+    # modules are lib/livepatch/ up to 6.1 and tools/testing/selftests/livepatch/test_modules/ since (6.5): tar
+    # fails on the pattern that matches nothing, so success is judged by what was extracted.
     script = (
-        'set -o pipefail; dpkg-deb --fsys-tarfile "$1" | tar -xO "$2" | '
-        'tar -xJ -C "$3" --strip-components=1 --wildcards "*/lib/livepatch" "*/samples/livepatch"'
+        'dpkg-deb --fsys-tarfile "$1" | tar -xO "$2" | tar -xJ -C "$3" --strip-components=1 --wildcards '
+        '"*/lib/livepatch" "*/samples/livepatch" "*/tools/testing/selftests/livepatch/test_modules" 2>&1 | '
+        'grep -v -e "Not found in archive" -e "Exiting with failure"; exit 0'
     )
-    run(["bash", "-c", script, "extract", deb, m.group(1), dest])
+    errors = run(["bash", "-c", script, "extract", deb, m.group(1), dest])
+    if not (dest / "samples" / "livepatch").is_dir() or errors.strip():
+        raise HarnessError(f"extracting the livepatch sources of {deb} failed:\n{errors[-3000:]}")
 
 
 def prepare_kernel(cache: Path) -> KernelImage:
-    """Fetch, extract and install what the suite needs for the current kernel (idempotent; needs the lock).
+    """Fetch, extract and install what the suite needs for the selected kernel (idempotent; needs the lock).
 
     Stale package lists name versions the archive no longer serves: on a failure, update them once and retry.
     """
+    series, release = selected()
+    if not series.host:
+        apt = PrivateApt(cache / "kernels" / f"apt-{series.name}", series.suites)
+        try:
+            return _prepare_private(cache / "kernels", series, release, apt)
+        except HarnessError:
+            if not apt.update_if_stale():
+                raise
+            return _prepare_private(cache / "kernels", series, release, apt)
     try:
         return _prepare_kernel(cache)
     except HarnessError:
-        if _apt_updated or os.geteuid() != 0:
+        if apt_updated() or os.geteuid() != 0:
             raise
-        _apt_update_once()
+        apt_update_once()
         return _prepare_kernel(cache)
+
+
+def _source_package(release: str) -> str:
+    return "linux-source-" + ".".join(release.split(".")[:2])
+
+
+def _fetch_image_and_source(
+    base: Path, fetch: Callable[[str, str], Path], release: str, version: str, parts: Sequence[str] = ()
+) -> None:
+    """``parts``: the packages that hold the image's files when linux-image-<release> is only their metapackage
+    (sid's 7.x: linux-binary-<release> has the vmlinuz, linux-modules-<release> the modules, linux-base-<release>
+    modules.builtin)."""
+    if not (base / "image").exists():
+        debs = [fetch(f"linux-image-{release}", version), *(fetch(p, "") for p in parts)]
+
+        def extract(tmp: Path) -> None:
+            for deb in debs:
+                _extract_image(deb, tmp)
+
+        _complete(base / "image", extract)
+        for deb in debs:
+            deb.unlink()  # 70 MB no longer needed
+    if not (base / "source").exists():
+        source_deb = fetch(_source_package(release), version)
+        _complete(base / "source", lambda tmp: _extract_livepatch_sources(source_deb, tmp))
+        source_deb.unlink()  # 140 MB, of which two small directories were needed
+
+
+def _drop_replaced(parent: Path, base: Path, series: Series) -> None:
+    """Remove the cache of a kernel of the same series that the archive has since replaced: 500 MB each."""
+    for old in parent.iterdir():
+        if old != base and (old / "image").is_dir() and series.matches(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _checked(image: KernelImage) -> KernelImage:
+    for path in (image.vmlinuz, image.modules, image.headers / "Makefile"):
+        if not path.exists():
+            raise HarnessError(f"the kernel {image.release} {image.version} has no {path}")
+    return image
+
+
+def _prepare_private(parent: Path, series: Series, release: str | None, apt: PrivateApt) -> KernelImage:
+    if release is None:
+        out = apt.query(["depends", "linux-image-amd64"])
+        m = re.search(r"Depends: linux-image-(\S+-amd64)\b", out)
+        if not m or not series.matches(m.group(1)):
+            raise Unavailable(f"{series.suites} has no linux-image-amd64 of the {series.name} series:\n{out[:500]}")
+        release = m.group(1)
+    version = apt.candidate(f"linux-image-{release}")
+    base = parent / f"{release}_{version}"
+    base.mkdir(parents=True, exist_ok=True)
+    debs = parent / f"debs-{series.name}"  # one per series: concurrent sessions of two series download at once
+    depends = apt.query(["depends", f"linux-image-{release}"])
+    parts = sorted(set(re.findall(rf"Depends: (linux-(?:base|binary|modules)-{re.escape(release)})\n", depends)))
+
+    def fetch(package: str, v: str) -> Path:
+        return apt.download(package, v or apt.candidate(package), debs)
+
+    _fetch_image_and_source(base, fetch, release, version, parts)
+    sysroot = base / "sysroot"
+    _complete(sysroot, lambda tmp: toolchain.make_sysroot(apt, release, tmp, sysroot, base / "sysroot-debs"))
+    _drop_replaced(parent, base, series)
+    headers = sysroot / "usr" / "src" / f"linux-headers-{release}"
+    return _checked(KernelImage(release, version, base, headers, series.name, sysroot))
 
 
 def _prepare_kernel(cache: Path) -> KernelImage:
     release = current_release()
-    image_pkg = f"linux-image-{release}"
-    version = candidate_version(image_pkg)
-    debs = cache / "debs"
+    version = candidate_version(f"linux-image-{release}")
     base = cache / f"{release}_{version}"
     base.mkdir(parents=True, exist_ok=True)
+    debs = cache / "debs"
 
-    if not (base / "image").exists():
-        image_deb = fetch_deb(image_pkg, version, debs)
-        _complete(base / "image", lambda tmp: _extract_image(image_deb, tmp))
-        image_deb.unlink()  # 70 MB no longer needed
-
-    apt_install([f"linux-headers-{release}"])
-    headers = Path(f"/usr/src/linux-headers-{release}")
-    if not (headers / "Makefile").exists():
-        raise HarnessError(f"linux-headers-{release} is installed but {headers}/Makefile is missing")
-
-    if not (base / "source").exists():
-        source_pkg = "linux-source-" + ".".join(release.split(".")[:2])
+    def fetch(package: str, v: str) -> Path:
         try:
-            source_deb = fetch_deb(source_pkg, version, debs)
+            return fetch_deb(package, v, debs)
         except HarnessError:
+            if package.startswith("linux-image-"):
+                raise
             # The archive may briefly lack the matching source; the livepatch sources barely change.
-            source_deb = fetch_deb(source_pkg, candidate_version(source_pkg), debs)
-        _complete(base / "source", lambda tmp: _extract_livepatch_sources(source_deb, tmp))
-        source_deb.unlink()  # 140 MB, of which two small directories were needed
-    image = KernelImage(release, version, base, headers)
-    for old in cache.iterdir():
-        if old != base and (old / "image").is_dir():
-            shutil.rmtree(old, ignore_errors=True)  # a kernel the archive has since replaced: 500 MB each
-    for path in (image.vmlinuz, image.modules):
-        if not path.exists():
-            raise HarnessError(f"{image_pkg} {version} has no {path.relative_to(image.root)}")
-    return image
+            return fetch_deb(package, candidate_version(package), debs)
+
+    _fetch_image_and_source(base, fetch, release, version)
+    apt_install([f"linux-headers-{release}"])
+    _drop_replaced(cache, base, selected()[0])
+    return _checked(KernelImage(release, version, base, Path(f"/usr/src/linux-headers-{release}")))
 
 
 def module_tree(image: KernelImage, extra: Sequence[Path], dest: Path) -> Path:
@@ -279,9 +283,16 @@ def module_tree(image: KernelImage, extra: Sequence[Path], dest: Path) -> Path:
         tree.parent.mkdir(parents=True)
         run(["cp", "-al", image.modules, tree])
         for link in ("build", "source"):
-            host = Path("/lib/modules") / image.release / link
-            if host.is_symlink():
-                (tree / link).symlink_to(os.readlink(host))
+            for lib in ("lib", "usr/lib"):
+                where = image.sysroot / lib / "modules" / image.release / link
+                if where.is_symlink():
+                    target = os.readlink(where)
+                    if not target.startswith("/"):
+                        target = os.path.normpath(where.parent / target)  # trixie's links are relative
+                    elif image.sysroot != Path("/"):
+                        target = f"{image.sysroot}{target}"  # an absolute link of the private build root
+                    (tree / link).symlink_to(target)
+                    break
         (tree / "extra").mkdir()
         for ko in extra:
             shutil.copy2(ko, tree / "extra" / ko.name)

@@ -33,6 +33,8 @@ SHF_INFO_LINK = 0x40
 SHF_RELA_LIVEPATCH = 0x00100000
 SHN_LIVEPATCH = 0xFF20
 KLP_SYM_PREFIX = ".klp.sym."
+# How the C sources spell a label's ',' (klpvm_patch.h): a symbol character to every assembler, unlike a comma.
+ASM_COMMA = "$"
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -91,7 +93,8 @@ def convert(data: bytes, *, move: Iterable[str] = (), object_name: str | None = 
         raise ConvertError(f"expected one .symtab, found {len(symtabs)}")
     symndx = symtabs[0]
     symtab = secs[symndx]
-    strtab = data[secs[symtab.link].offset : secs[symtab.link].offset + secs[symtab.link].size]
+    strtab_offset = secs[symtab.link].offset
+    strtab = data[strtab_offset : strtab_offset + secs[symtab.link].size]
     out = bytearray(data)
 
     # Mark the livepatch symbols; note which symbols' relocations move and to which object's section.
@@ -103,6 +106,10 @@ def convert(data: bytes, *, move: Iterable[str] = (), object_name: str | None = 
         name = _cstr(strtab, st_name)
         if name.startswith(KLP_SYM_PREFIX):
             _SYM.pack_into(out, pos, st_name, info, other, SHN_LIVEPATCH, value, size)
+            comma = name.rfind(ASM_COMMA)
+            if comma >= 0:  # same length: the string table is patched in place
+                out[strtab_offset + st_name + comma] = ord(",")
+                name = name[:comma] + "," + name[comma + 1 :]
             moved[i] = object_name or _object_of(name)
         elif name in wanted:
             moved[i] = object_name or "vmlinux"

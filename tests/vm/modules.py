@@ -118,7 +118,11 @@ class Built:
 
 def _make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
     (directory / "Kbuild").write_text(f"obj-m := {' '.join(o + '.o' for o in objects)}\n{extra}")
-    env = {**os.environ, "KBUILD_MODPOST_WARN": "1"} if warn else None
+    env = dict(os.environ)
+    if warn:
+        env["KBUILD_MODPOST_WARN"] = "1"
+    if kernel.build_path:
+        env["PATH"] = kernel.build_path  # the compiler the kernel was built with, from its private build root
     jobs = f"-j{os.cpu_count() or 2}"
     run(["make", "-s", jobs, "-C", kernel.headers, f"M={directory}", "modules"], env=env)
 
@@ -129,6 +133,7 @@ def _build_upstream(kernel: KernelImage, dest: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     sources = sorted((kernel.source / "lib" / "livepatch").glob("*.c"))
+    sources += sorted((kernel.source / "tools" / "testing" / "selftests" / "livepatch" / "test_modules").glob("*.c"))
     sources += sorted((kernel.source / "samples" / "livepatch").glob("*.c"))
     for c in sources:
         shutil.copy2(c, dest / c.name)
@@ -153,7 +158,9 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
     all_variants = variants(sym)
     for v in all_variants:
         target = "#define KLPVM_TARGET\n" if v.target else ""
-        (src / f"{v.name}.c").write_text(f'{target}#define KLPVM_LABEL "{v.label}"\n#include "klpvm_patch.h"\n')
+        asm_label = v.label.replace(",", klpconvert.ASM_COMMA)
+        labels = f'#define KLPVM_LABEL "{v.label}"\n#define KLPVM_ASM_LABEL "{asm_label}"\n'
+        (src / f"{v.name}.c").write_text(f'{target}{labels}#include "klpvm_patch.h"\n')
     loader.write_sources(src)
     parts = " ".join(p + ".o" for p in TARGET_PARTS)
     objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES]

@@ -18,8 +18,11 @@
 #include <linux/module.h>
 #include <linux/seq_file.h>
 
-/* Quoted, since ',' is an operand separator to the assembler. */
-extern char klpvm_sym[] __asm__("\"" KLPVM_LABEL "\"");
+/*
+ * KLPVM_ASM_LABEL is KLPVM_LABEL with its ',' spelled '$' (klpconvert.py puts the comma back): ',' separates
+ * operands, and bullseye's binutils 2.35, which builds 5.10's modules, takes no quoted symbol names there.
+ */
+extern char klpvm_sym[] __asm__(KLPVM_ASM_LABEL);
 
 /* Out of line so that the relocation lives in .text, where the .klp.rela section of the variant points. */
 static noinline unsigned long klpvm_resolved(void)

@@ -18,7 +18,11 @@ int klpvm_target_a(void);
 int klpvm_target_b(void);
 int klpvm_target_c(void);
 
-noinline long klpvm_target_fn(void)
+/*
+ * noipa, not only noinline: gcc-14 and later (6.12's, 7.x's) propagate the constant return value into probe_get()
+ * across the call, so the patched function would run and its answer be ignored.
+ */
+noinline __attribute__((__noipa__)) long klpvm_target_fn(void)
 {
 	return 0;
 }
