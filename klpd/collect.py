@@ -258,10 +258,10 @@ class Evaluator:
                      module: PatchModule | None, problem: Problem | None, path: str | None) -> PatchInput:  # fmt: skip
         symtabs: dict[str, ModuleSymtab | Problem] = {}
         wanted: set[str] = set()
-        if module is not None:
-            wanted = {s.object for s in module.sections if s.object} | {
-                sym.parsed.object for sym in module.symbols.values() if sym.parsed
-            }
+        if module is not None:  # its sections' and symbols' objects, and those whose functions it replaces
+            described = module.description.objects if module.description else ()
+            wanted = {s.object for s in module.sections if s.object} | {o.kernel_name for o in described}
+            wanted |= {sym.parsed.object for sym in module.symbols.values() if sym.parsed}
         elif name in system.running_patches:
             running = system.running_patches[name]
             wanted = {o for o in map(parse_klp_rela_name, running.sections) if o} | {

@@ -81,3 +81,24 @@ def test_the_ftrace_index_is_read_again_only_when_modules_come_or_go(tmp_path: P
     assert cache.read(fx.root, {"f"}, ("ext4",)) is first  # same modules: the records cannot have changed
     again = cache.read(fx.root, {"f"}, ("ext4", "xfs"))
     assert again is not None and again.count("xfs", "f") == 1
+
+
+def test_a_module_named_only_by_the_description_has_its_ko_read(tmp_path: Path) -> None:
+    """No .klp.rela section for the target: its .ko is still read, for klp_module_coming()'s lookups."""
+    from elfwriter import target_module
+
+    from klpd.model import ModuleLoad
+
+    fx = host(tmp_path, None)
+    fx.file(f"/lib/modules/{RELEASE}/extra/target_mod.ko", target_module(("target_fn", ".text")))
+    fx.modules_dep(RELEASE, {"extra/target_mod.ko": []})
+    m = static_patch(X86_64, [("target_mod", [("target_fn", "lp_t", 0), ("gone_fn", "lp_g", 0)], [])])
+    candidate = fx.write("/tmp/lp_mod.ko", build(m))
+    [p] = evaluate_files(fx.root, [candidate]).patches
+    target = next(o for o in p.objects if o.name == "target_mod")
+    assert [(f.name, f.status) for f in target.functions] == [
+        ("target_fn", FunctionStatus.OK),
+        ("gone_fn", FunctionStatus.NOT_FOUND),
+    ]
+    assert target.module_load is ModuleLoad.REFUSED
+    assert target.reasons[0] == "livepatch: symbol 'gone_fn' not found in symbol table"
