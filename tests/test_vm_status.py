@@ -25,6 +25,7 @@ def runs(env):
             klp_wait
             step status klpctl status --direct --json
             sysfs_dump sysfs
+            step inspect klpctl inspect --json {up("test_klp_livepatch")} {up("test_klp_atomic_replace")}
         """,
         "replace": f"""
             step insmod1 insmod {up("test_klp_livepatch")}
@@ -44,6 +45,7 @@ def runs(env):
             klp_wait
             step status_after klpctl status --direct --json
             sysfs_dump sysfs_after
+            step inspect klpctl inspect --json {up("test_klp_callbacks_demo")}
         """,
         # test_klp_callbacks_busy block_transition=Y keeps a kworker inside the function the demo patches.
         "blocked": f"""
@@ -72,6 +74,25 @@ def assert_status_matches_sysfs(step_status, step_sysfs):
     enabled = {p["name"] for p in doc["patches"] if p["enabled"]}
     assert enabled <= set(sysfs), f"klpd calls {enabled - set(sysfs)} enabled; sysfs has {sorted(sysfs)}"
     return doc, sysfs
+
+
+@pytest.mark.parametrize("case", ["stacked", "module_object"])
+def test_inspect_reads_the_selftest_modules_as_sysfs_shows_them(runs, case):
+    """The kernel's own selftest modules: the functions klpctl inspect reads from each file's klp_patch are the
+    <object>/<function,sympos> directories the kernel made of it (sysfs prints sympos 0 as 1)."""
+    result = runs[case]
+    sysfs = result.step("sysfs" if case == "stacked" else "sysfs_after").json()
+    files = result.step("inspect").json()["files"]
+    assert files, result.step("inspect").err
+    for file in files:
+        desc = file["description"]
+        assert desc is not None and desc["found_by"] == "static", file["problems"]
+        described = {
+            o["name"] or "vmlinux": sorted(f"{f['old_name']},{f['old_sympos'] or 1}" for f in o["functions"])
+            for o in desc["objects"]
+        }
+        shown = {name: sorted(o["functions"]) for name, o in sysfs[file["name"]]["objects"].items()}
+        assert described == shown, (file["name"], described, shown)
 
 
 def test_stacked_patches(env, runs):
