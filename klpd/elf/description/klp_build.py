@@ -11,7 +11,7 @@ states are never set.
 from __future__ import annotations
 
 from klpd.elf.description.layout import CALLBACK_SLOTS, MAX_ENTRIES
-from klpd.elf.description.pointers import Corrupt, Image
+from klpd.elf.description.pointers import Corrupt, Image, entry_count
 from klpd.model_description import FoundBy, FunctionDescription, ObjectDescription, PatchDescription
 
 OBJECT_SECTIONS = (".init.klp_objects", "__klp_objects")  # 7.x first, then 6.19
@@ -27,15 +27,10 @@ def read_klp_build(image: Image) -> PatchDescription | None:
 
 
 def _read(image: Image, sec: int, sec_name: str) -> PatchDescription:
-    size = image.section_size(sec)
     entry = image.layout.klp_object_ext_size
-    if size % entry:
-        reason = f"section size {size:#x} is not a whole number of {entry}-byte klp_object_ext entries"
-        raise Corrupt(image.where(sec, size - size % entry), reason)
-    if size // entry > MAX_ENTRIES:
-        raise Corrupt(image.where(sec, 0), f"{size // entry} objects, more than {MAX_ENTRIES}")
+    count = entry_count(image, sec, entry, "klp_object_ext")
     budget = [MAX_ENTRIES]
-    objects = tuple(_object(image, sec, off, budget) for off in range(0, size, entry))
+    objects = tuple(_object(image, sec, i * entry, budget) for i in range(count))
     return PatchDescription(FoundBy.KLP_BUILD, f"section {sec_name}", None, (), objects)
 
 

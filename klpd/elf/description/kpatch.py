@@ -17,8 +17,8 @@ None. kpatch never sets ``states``.
 from __future__ import annotations
 
 from klpd.elf._raw import ElfFile
-from klpd.elf.description.layout import CALLBACK_SLOTS, MAX_ENTRIES
-from klpd.elf.description.pointers import Corrupt, Image
+from klpd.elf.description.layout import CALLBACK_SLOTS
+from klpd.elf.description.pointers import Corrupt, Image, entry_count
 from klpd.model_description import (
     VMLINUX_OBJECT,
     FoundBy,
@@ -58,14 +58,8 @@ def read_kpatch(image: Image) -> PatchDescription | None:
         return None
     objects: dict[str | None, _Object] = {}
     p = image.layout.pointer
-    size = image.section_size(funcs)
     entry = image.layout.kpatch_func_size
-    if size % entry:
-        reason = f"section size {size:#x} is not a whole number of {entry}-byte kpatch_patch_func entries"
-        raise Corrupt(image.where(funcs, size - size % entry), reason)
-    if size // entry > MAX_ENTRIES:
-        raise Corrupt(image.where(funcs, 0), f"{size // entry} functions, more than {MAX_ENTRIES}")
-    for off in range(0, size, entry):
+    for off in range(0, entry_count(image, funcs, entry, "kpatch_patch_func") * entry, entry):
         obj = objects.setdefault(_objname(image, funcs, off + 6 * p), _Object())
         name_ptr = image.pointer(funcs, off + 5 * p)
         new_ptr = image.pointer(funcs, off)

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from klpd.elf._raw import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Shdr
-from klpd.elf.description.layout import MAX_STRING, Layout
+from klpd.elf.description.layout import MAX_ENTRIES, MAX_STRING, Layout
 from klpd.elf.description.symbols import STT_FILE, STT_SECTION, Symbols
 from klpd.elf.relocations import relocation_columns
 from klpd.model import SHF_RELA_LIVEPATCH
@@ -168,3 +168,15 @@ class Image:
         if target.exact:
             return target.symbol
         return self.symbols.name_at(target.section, target.offset) or self.where(target.section, target.offset)
+
+
+def entry_count(image: Image, sec: int, entry: int, what: str) -> int:
+    """How many ``entry``-byte records of ``what`` fill section ``sec``: Corrupt when the size is not a whole number
+    of them, or when there are more than MAX_ENTRIES."""
+    size = image.section_size(sec)
+    if size % entry:
+        reason = f"section size {size:#x} is not a whole number of {entry}-byte {what} entries"
+        raise Corrupt(image.where(sec, size - size % entry), reason)
+    if size // entry > MAX_ENTRIES:
+        raise Corrupt(image.where(sec, 0), f"{size // entry} {what} entries, more than {MAX_ENTRIES}")
+    return size // entry
