@@ -42,6 +42,7 @@ class DescriptionFaults:
 
     refusals: tuple[str, ...]  # why insmod fails (E1, E7-E9), quoting the kernel where it logs
     problems: tuple[Problem, ...]  # one per fault, refusals and never-applied objects or sections alike
+    first_refusal: Problem | None = None  # the fault the kernel stops at
 
 
 def never_matches(name: str) -> str | None:
@@ -58,11 +59,13 @@ def never_matches(name: str) -> str | None:
 def description_faults(module: PatchModule, desc: PatchDescription, ksym_name_max: int) -> DescriptionFaults:
     refusals: list[str] = []
     problems: list[Problem] = []
+    refusing: list[Problem] = []
 
     def fault(code: str, message: str, subject: str, refusal: str | None = None, never: bool = False) -> None:
         problems.append(Problem(code, Severity.ERROR, message, refusal, subject))
         if not never:
             refusals.append(refusal or message)
+            refusing.append(problems[-1])
 
     silent = "klp_enable_patch() refuses it with EINVAL and logs nothing"
     if not desc.objects:
@@ -106,7 +109,7 @@ def description_faults(module: PatchModule, desc: PatchDescription, ksym_name_ma
                 " never writes its relocations, and the patched code will use 0 where they point"
             )
             fault("section_without_object", message, section.name, never=True)
-    return DescriptionFaults(tuple(dict.fromkeys(refusals)), tuple(problems))
+    return DescriptionFaults(tuple(dict.fromkeys(refusals)), tuple(problems), refusing[0] if refusing else None)
 
 
 def judge_functions(

@@ -133,9 +133,9 @@ def _check_reasons(verdict: LoaderVerdict, failing: Sequence[LoadCheck]) -> list
 
 def _description(faults: DescriptionFaults) -> LoadCheck:
     check = LoadCheckName.DESCRIPTION
-    if not faults.refusals:
+    first = faults.first_refusal
+    if first is None:
         return LoadCheck(check, CheckResult.OK, "every object and function is well formed")
-    first = next(p for p in faults.problems if (p.kernel_message or p.message) == faults.refusals[0])
     errno = "EEXIST" if first.code.endswith("_duplicated") else "EINVAL"
     return LoadCheck(check, CheckResult.FAILS, first.message, first.kernel_message, errno)
 
