@@ -73,7 +73,7 @@ def _configure_inspect(p: argparse.ArgumentParser) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from klpd.collect import read_patch_file
+    from klpd.elf.files import read_patch_file
     from klpd.model import Severity
     from klpd.outputs import json as json_out
     from klpd.outputs import text as text_out

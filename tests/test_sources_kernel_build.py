@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from klpd.collect import Evaluator, module_build_facts
+from klpd.collect import Evaluator
+from klpd.elf.files import module_build_facts
 from klpd.root import HostPath, SystemRoot
 from klpd.sources.kernel_build import KernelBuildCache, parse_symvers, read_kernel_build
 from klpd.sources.modules_dep import read_modules_dep

@@ -7,7 +7,8 @@
 - :mod:`klpd.elf._raw`: the bounds-checked ELF reader under all of them;
 - :mod:`klpd.elf.symtab`: a target module's symbol table as klp_find_object_symbol() walks it;
 - :mod:`klpd.decompress`: ``.ko.xz`` / ``.ko.gz`` / ``.ko.zst``;
-- :mod:`klpd.elf.reloc_types`: relocation type names.
+- :mod:`klpd.elf.reloc_types`: relocation type names;
+- :mod:`klpd.elf.files`: reading patch and target files for an evaluation, cached, a bad file a Problem.
 """
 
 from klpd.decompress import decompress
