@@ -124,7 +124,11 @@ class VM:
     init: str = "chroot"  # or "systemd": the root boots with systemd as PID 1 (initramfs.SYSTEMD_UNITS)
 
     def qemu_command(self, out: Path, kernel_args: Sequence[str] = ()) -> list[str]:
-        accel = ["-accel", "kvm", "-cpu", "host"] if real_kvm() else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        # thread=single: under multi-threaded TCG a vCPU can run a stale translation of code that another vCPU
+        # has just patched with text_poke_bp(), hit an int3 the kernel no longer expects and panic ("Oops: int3"
+        # in sched_clock_cpu, __schedule: seen on 7.2 in CI). One host thread for all vCPUs keeps the guest SMP
+        # but makes cross-modifying code coherent.
+        accel = ["-accel", "kvm", "-cpu", "host"] if real_kvm() else ["-accel", "tcg,thread=single", "-cpu", "max"]
         return [
             QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             *accel, "-m", self.memory, "-smp", str(self.cpus),

@@ -15,8 +15,9 @@ host's root read-only (writes land in a tmpfs overlay), so ``/work/main/.venv/bi
 same path. The script runs as root with bash, in the repository's directory; ``$KLPVM_OUT`` is a directory whose
 files come back in :attr:`GuestResult.files`.
 
-QEMU uses TCG (``-accel tcg,thread=multi -cpu max``) unless a real KVM is present: ``/dev/kvm`` alone is not
-enough, it can be a nested implementation that stalls a guest, so KVM is used only with kvm_intel or kvm_amd loaded.
+QEMU uses TCG (``-accel tcg,thread=single -cpu max``: one host thread per guest, see VM.qemu_command) unless a real
+KVM is present: ``/dev/kvm`` alone is not enough, it can be a nested implementation that stalls a guest, so KVM is
+used only with kvm_intel or kvm_amd loaded.
 """
 
 from __future__ import annotations
