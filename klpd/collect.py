@@ -43,7 +43,7 @@ SOURCES = (
 class Evaluation:
     status: HostStatus
     duration_seconds: float
-    source_up: Mapping[str, bool]  # per source in SOURCES: read without an error
+    source_up: Mapping[str, bool]  # per source in SOURCES (and "staging_files" when configured): read without an error
     watch_dirs: tuple[Path, ...]  # the patch install directories that exist, and the nearest existing parents
 
 
@@ -168,45 +168,12 @@ class Evaluator:
         )
         return state, up, dep.value
 
-    def _patch_input(self, system: SystemState, dep: modules_dep.ModulesDep, name: str, *,
-                     module: PatchModule | None, problem: Problem | None, path: str | None) -> PatchInput:  # fmt: skip
-        symtabs: dict[str, ModuleSymtab | Problem] = {}
-        wanted: set[str] = set()
-        if module is not None:  # its sections' and symbols' objects, and those whose functions it replaces
-            described = module.description.objects if module.description else ()
-            wanted = {s.object for s in module.sections if s.object} | {o.kernel_name for o in described}
-            wanted |= {sym.parsed.object for sym in module.symbols.values() if sym.parsed}
-        elif name in system.running_patches:
-            running = system.running_patches[name]
-            wanted = {o for o in map(parse_klp_rela_name, running.sections) if o} | {
-                parsed.object for parsed in map(parse_klp_sym_name, running.symbols) if parsed
-            }
-        if wanted:
-            # Loaded modules too: their full symtab tells whether the answer depends on the load order.
-            for obj in sorted(wanted - {VMLINUX}):
-                ko = dep.get(obj)
-                if ko is not None:
-                    symtabs[obj] = self.cache.symtab(ko)
-        return PatchInput(name, module, symtabs, problem, path)
-
-    def _installed(self, release: str) -> tuple[dict[str, list[Found]], list[HostPath], tuple[Problem, ...]]:
-        """The installed patch files by module name, every file looked at, and the problems met finding them."""
-        found = patch_files.find_patch_files(self.root, release)
-        by_name: dict[str, list[Found]] = {}
-        for path in found.value:
-            read = self.cache.patch(path)
-            if read is not None:  # None: an ordinary module in extra/ or updates/
-                module, problem = read
-                by_name.setdefault(module.name if module else module_name_from_filename(path.name), []).append(
-                    (path, module, problem)
-                )
-        return by_name, list(found.value), _answer_depends_on(found.problems)
-
     def evaluate(self, files: Sequence[Path] | None = None) -> Evaluation:
         """Every loaded and installed patch, or (``files``) exactly these files as ``klpctl check`` asks."""
         started = time.monotonic()
         system, up, dep = self.system()
         inputs: list[PatchInput] = []
+        candidates: list[PatchInput] = []
         host_problems: list[Problem] = []
         loaded = {lp.name for lp in system.livepatches}
         by_name: dict[str, list[Found]] = {}
@@ -214,13 +181,13 @@ class Evaluator:
         seen: list[HostPath] = []
         found_problems: tuple[Problem, ...] = ()
         if files is None or loaded:  # a check needs the loaded patches' files too: their states
-            by_name, seen, found_problems = self._installed(system.kernel.release)
+            by_name, seen, found_problems = _installed(self.root, self.cache, system.kernel.release)
             chosen_files = {n: _choose(by_name.get(n, []), system.loaded_srcversions.get(n)) for n in by_name}
         if files is not None:
             for f in files:
                 module, problem = read_patch_file(HostPath(str(f), f))
                 name = module.name if module else module_name_from_filename(f.name)
-                checked = self._patch_input(system, dep, name, module=module, problem=problem, path=str(f))
+                checked = _patch_input(self.cache, system, dep, name, module=module, problem=problem, path=str(f))
                 inputs.append(replace(checked, candidate=True))  # will_load: insmod of this file now
             up["patch_files"] = True
         else:
@@ -241,8 +208,13 @@ class Evaluator:
                         )
                 path, module, problem = chosen if chosen else (None, None, None)
                 host = path.host if path else None
-                inputs.append(self._patch_input(system, dep, name, module=module, problem=problem, path=host))
-            self.cache.retain([*seen, *dep.paths()])
+                inputs.append(_patch_input(self.cache, system, dep, name, module=module, problem=problem, path=host))
+            staged: list[HostPath] = []
+            if self.root.staging_dirs:
+                candidates, staged, staging_problems, staging_up = _staged(self.root, self.cache, system, dep)
+                host_problems += staging_problems
+                up["staging_files"] = staging_up
+            self.cache.retain([*seen, *staged, *dep.paths()])
         descriptions = {
             name: chosen[1].description
             for name, chosen in chosen_files.items()
@@ -250,7 +222,7 @@ class Evaluator:
         }
         wanted = {
             f.old_name
-            for p in inputs
+            for p in (*inputs, *candidates)
             if p.module and p.module.description
             for o in p.module.description.objects
             for f in o.functions or ()
@@ -262,19 +234,88 @@ class Evaluator:
             loaded_descriptions=descriptions,
             ftrace=self._ftrace.read(self.root, wanted, tuple(system.modules)) if wanted else None,
         )
-        status = compute_status(system, inputs)
-        return Evaluation(status, time.monotonic() - started, up, self._watch_dirs(system.kernel.release))
+        status = compute_status(system, inputs, candidates)
+        return Evaluation(status, time.monotonic() - started, up, _watch_dirs(self.root, system.kernel.release))
 
-    def _watch_dirs(self, release: str) -> tuple[Path, ...]:
-        """Each patch directory, or its nearest existing ancestor, for the daemon's inotify watch."""
-        dirs: list[Path] = []
-        for d in self.root.patch_dirs_for(release):
-            probe = d
-            while not _exists(probe) and probe != probe.parent:
-                probe = probe.parent
-            if probe not in dirs:
-                dirs.append(probe)
-        return tuple(dirs)
+
+def _patch_input(cache: ModuleCache, system: SystemState, dep: modules_dep.ModulesDep, name: str, *,
+                 module: PatchModule | None, problem: Problem | None, path: str | None) -> PatchInput:  # fmt: skip
+    symtabs: dict[str, ModuleSymtab | Problem] = {}
+    wanted: set[str] = set()
+    if module is not None:  # its sections' and symbols' objects, and those whose functions it replaces
+        described = module.description.objects if module.description else ()
+        wanted = {s.object for s in module.sections if s.object} | {o.kernel_name for o in described}
+        wanted |= {sym.parsed.object for sym in module.symbols.values() if sym.parsed}
+    elif name in system.running_patches:
+        running = system.running_patches[name]
+        wanted = {o for o in map(parse_klp_rela_name, running.sections) if o} | {
+            parsed.object for parsed in map(parse_klp_sym_name, running.symbols) if parsed
+        }
+    if wanted:
+        # Loaded modules too: their full symtab tells whether the answer depends on the load order.
+        for obj in sorted(wanted - {VMLINUX}):
+            ko = dep.get(obj)
+            if ko is not None:
+                symtabs[obj] = cache.symtab(ko)
+    return PatchInput(name, module, symtabs, problem, path)
+
+
+def _installed(
+    root: SystemRoot, cache: ModuleCache, release: str
+) -> tuple[dict[str, list[Found]], list[HostPath], tuple[Problem, ...]]:
+    """The installed patch files by module name, every file looked at, and the problems met finding them."""
+    found = patch_files.find_patch_files(root, release)
+    by_name: dict[str, list[Found]] = {}
+    for path in found.value:
+        read = cache.patch(path)
+        if read is not None:  # None: an ordinary module in extra/ or updates/
+            module, problem = read
+            by_name.setdefault(module.name if module else module_name_from_filename(path.name), []).append(
+                (path, module, problem)
+            )
+    return by_name, list(found.value), _answer_depends_on(found.problems)
+
+
+# The staging directories' candidates, every file looked at, the problems met finding them, and whether the
+# directories could be read (a file that is not a livepatch is a problem, not a failing source).
+Staged = tuple[list[PatchInput], list[HostPath], tuple[Problem, ...], bool]
+
+
+def _staged(root: SystemRoot, cache: ModuleCache, system: SystemState, dep: modules_dep.ModulesDep) -> Staged:
+    """The candidate patches of the staging directories, each evaluated as ``klpctl check`` would: insmod of it
+    now."""
+    found = patch_files.find_patch_files(root, system.kernel.release, staging=True)
+    problems = list(_answer_depends_on(found.problems))
+    inputs: list[PatchInput] = []
+    for path in found.value:
+        read = cache.patch(path)
+        if read is None:
+            problems.append(
+                Problem(
+                    "staged_not_livepatch",
+                    Severity.WARNING,
+                    f"{path.host}: in a staging directory, but its modinfo has no livepatch=Y: not a candidate",
+                    subject=path.host,
+                )
+            )
+            continue
+        module, problem = read
+        name = module.name if module else module_name_from_filename(path.name)
+        staged = _patch_input(cache, system, dep, name, module=module, problem=problem, path=path.host)
+        inputs.append(replace(staged, candidate=True))
+    return inputs, list(found.value), tuple(problems), _up(found.problems)
+
+
+def _watch_dirs(root: SystemRoot, release: str) -> tuple[Path, ...]:
+    """Each patch directory, or its nearest existing ancestor, for the daemon's inotify watch."""
+    dirs: list[Path] = []
+    for d in (*root.patch_dirs_for(release), *root.staging_dirs_for(release)):
+        probe = d
+        while not _exists(probe) and probe != probe.parent:
+            probe = probe.parent
+        if probe not in dirs:
+            dirs.append(probe)
+    return tuple(dirs)
 
 
 def _exists(path: Path) -> bool:

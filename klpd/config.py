@@ -94,6 +94,7 @@ class Config:
     textfile_dir: Path | None = None  # None: no node_exporter textfile
     root: Path = Path("/")
     patch_dirs: tuple[str, ...] = DEFAULT_PATCH_DIRS
+    staging_dirs: tuple[str, ...] = ()  # candidate patches: evaluated like installed ones, never loaded
     resync_interval: float = DEFAULT_RESYNC_INTERVAL  # seconds
     coalesce_delay: float = DEFAULT_COALESCE_DELAY  # seconds
     kernel_log: KernelLogSource = KernelLogSource.AUTO
@@ -102,7 +103,7 @@ class Config:
     source: Path | None = None
 
     def system_root(self) -> SystemRoot:
-        return SystemRoot.at(self.root, self.patch_dirs)
+        return SystemRoot.at(self.root, self.patch_dirs, self.staging_dirs)
 
     def with_overrides(
         self,
@@ -297,6 +298,7 @@ _SETTINGS: Mapping[str, Callable[[_Where, object], Any]] = {
     "textfile_dir": lambda w, v: _absolute_path(w, v, optional=True),
     "root": _root,
     "patch_dirs": _patch_dirs,
+    "staging_dirs": _patch_dirs,
     "resync_interval": lambda w, v: _seconds(w, v, bounds=RESYNC_INTERVAL_RANGE),
     "coalesce_delay": lambda w, v: _seconds(w, v, bounds=COALESCE_DELAY_RANGE),
     "kernel_log": _choice(KernelLogSource),

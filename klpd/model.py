@@ -395,3 +395,4 @@ class HostStatus:
     kallsyms_addresses_visible: bool
     patches: tuple[PatchStatus, ...]
     problems: tuple[Problem, ...] = field(default=())  # sources that could not be read, files that did not parse
+    candidates: tuple[PatchStatus, ...] = field(default=())  # staging directories' patches: insmod of each now

@@ -53,16 +53,20 @@ class HostPath:
 class SystemRoot:
     """Maps the host's absolute paths into ``root``.
 
-    ``patch_dirs`` are absolute host paths (``{release}`` expanded per call); they too are looked up under ``root``.
+    ``patch_dirs`` and ``staging_dirs`` are absolute host paths (``{release}`` expanded per call); they too are
+    looked up under ``root``. Staging directories hold candidate patches: evaluated, never loaded.
     """
 
     root: Path = Path("/")
     patch_dirs: tuple[str, ...] = field(default=DEFAULT_PATCH_DIRS)
+    staging_dirs: tuple[str, ...] = ()
 
     @classmethod
-    def at(cls, root: str | Path = "/", patch_dirs: Sequence[str] | None = None) -> SystemRoot:
+    def at(
+        cls, root: str | Path = "/", patch_dirs: Sequence[str] | None = None, staging_dirs: Sequence[str] = ()
+    ) -> SystemRoot:
         dirs = DEFAULT_PATCH_DIRS if patch_dirs is None else tuple(patch_dirs)
-        return cls(Path(root), dirs)
+        return cls(Path(root), dirs, tuple(staging_dirs))
 
     @property
     def is_live(self) -> bool:
@@ -175,6 +179,11 @@ class SystemRoot:
         :meth:`under`.
         """
         return tuple(self.path(d.replace("{release}", release)) for d in self.patch_dirs)
+
+    def staging_dirs_for(self, release: str) -> tuple[Path, ...]:
+        """Every staging directory (candidate patches, evaluated and never loaded) for ``release``, under this
+        root, in configured order."""
+        return tuple(self.path(d.replace("{release}", release)) for d in self.staging_dirs)
 
     def host_path(self, path: Path) -> str:
         """The host path that ``path`` (somewhere under this root) stands for, for messages and JSON."""

@@ -57,6 +57,8 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
         "KlpdPatchWillNotLoad",
         "KlpdLivepatchUnsupported",
         "KlpdTextfileStale",
+        "KlpdCandidateWillNotLoad",
+        "KlpdCandidateWouldRefuseModuleLoad",
     }
     assert firing == alert_names()
     assert quiet == alert_names()
@@ -94,7 +96,7 @@ def test_every_alert_links_its_runbook_entry_in_the_readme():
 
 def test_critical_alerts_for_what_will_fail():
     blocks = rule_blocks()
-    assert "klpd_patch_will_load == 0" in blocks["KlpdPatchWillNotLoad"]
+    assert 'klpd_patch_will_load{candidate="false"} == 0' in blocks["KlpdPatchWillNotLoad"]
     for name in ("KlpdPatchWillNotLoad", "KlpdModuleLoadWouldBeRefused", "KlpdModuleLoadRefused"):
         assert "severity: critical" in blocks[name], name
     # Target labels (datacenter, team) must reach the alert: aggregate away only klpd's own labels.

@@ -116,18 +116,18 @@ def test_sections_by_state(reg):
 
 
 def test_module_load_verdict_is_one_hot_and_only_for_unloaded_modules(reg):
-    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="refused") == 1
-    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="ok") == 0
-    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="unknown") == 0
-    assert value(reg, "klpd_module_load", patch="livepatch_cve_2024_1", object="nf_tables", verdict="ok") is None
+    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="refused", candidate="false") == 1
+    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="ok", candidate="false") == 0
+    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="unknown", candidate="false") == 0
+    assert value(reg, "klpd_module_load", patch="livepatch_cve_2024_1", object="nf_tables", verdict="ok", candidate="false") is None
 
 
 def test_will_load_problems_and_sysfs_attributes(reg):
-    assert value(reg, "klpd_patch_will_load", patch="kpatch_old") == 0
-    assert value(reg, "klpd_patch_will_load", patch="livepatch_xfs") == 1
-    assert value(reg, "klpd_patch_problems", patch="livepatch_xfs", severity="error") == 1
-    assert value(reg, "klpd_patch_problems", patch="livepatch_xfs", severity="warning") == 1
-    assert value(reg, "klpd_patch_problems", patch="kpatch_old", severity="error") == 0
+    assert value(reg, "klpd_patch_will_load", patch="kpatch_old", candidate="false") == 0
+    assert value(reg, "klpd_patch_will_load", patch="livepatch_xfs", candidate="false") == 1
+    assert value(reg, "klpd_patch_problems", patch="livepatch_xfs", severity="error", candidate="false") == 1
+    assert value(reg, "klpd_patch_problems", patch="livepatch_xfs", severity="warning", candidate="false") == 1
+    assert value(reg, "klpd_patch_problems", patch="kpatch_old", severity="error", candidate="false") == 0
     assert value(reg, "klpd_patch_stack_order", patch="livepatch_xfs") == 2
     assert value(reg, "klpd_patch_replace", patch="livepatch_cve_2024_1") == 1
     # Attributes the kernel does not expose (older kernels, patches not loaded) are absent, not 0.

@@ -131,6 +131,7 @@ def status_from_document(doc: Mapping[str, Any]) -> HostStatus:
     flat = dict(doc["host"])
     flat["patches"] = doc["patches"]
     flat["problems"] = doc.get("problems", [])
+    flat["candidates"] = doc.get("candidates", [])
     return decode(HostStatus, flat)
 
 

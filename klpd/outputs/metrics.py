@@ -70,8 +70,8 @@ HOST_PROBLEMS = MetricDef(
     ("severity",))
 PATCH_INFO = MetricDef(
     "klpd_patch_info", G,
-    "A patch klpd knows (installed or loaded): its file, srcversion and the kernel release it was built for; "
-    "always 1.", ("patch", "path", "srcversion", "release"))
+    "A patch klpd knows (installed or loaded; candidate=\"true\": in a staging directory): its file, srcversion "
+    "and the kernel release it was built for; always 1.", ("patch", "path", "srcversion", "release", "candidate"))
 PATCH_LOADED = MetricDef("klpd_patch_loaded", G, "1 when the patch module is loaded.", ("patch",))
 PATCH_STATE = MetricDef(
     "klpd_patch_state", G,
@@ -79,14 +79,15 @@ PATCH_STATE = MetricDef(
     ("patch", "state"))
 PATCH_WILL_LOAD = MetricDef(
     "klpd_patch_will_load", G,
-    "1 when loading this patch file now would succeed (for a loaded patch: its checks pass).", ("patch",))
+    "1 when loading this patch file now would succeed (for a loaded patch: its checks pass). candidate=\"true\": "
+    "a staging directory's patch, never loaded by klpd.", ("patch", "candidate"))
 PATCH_PROBLEMS = MetricDef(
-    "klpd_patch_problems", G, "Problems found in the patch, by severity.", ("patch", "severity"))
+    "klpd_patch_problems", G, "Problems found in the patch, by severity.", ("patch", "severity", "candidate"))
 PATCH_LOAD_CHECK = MetricDef(
     "klpd_patch_load_check", G,
     "A module loader check of insmod of the patch file that does not pass: result fails (the kernel refuses) or "
     "unknown (what it needs could not be read); always 1. A patch whose checks all pass has none.",
-    ("patch", "check", "result"))
+    ("patch", "check", "result", "candidate"))
 PATCH_REPLACE = MetricDef(
     "klpd_patch_replace", G, "1 when the loaded patch uses atomic replace (sysfs replace, Linux 6.11+).",
     ("patch",))
@@ -100,8 +101,8 @@ OBJECT_PATCHED = MetricDef(
     "klpd_object_patched", G, "1 when the object is patched (sysfs patched, Linux 6.1+).", ("patch", "object"))
 MODULE_LOAD = MetricDef(
     "klpd_module_load", G,
-    "For a patched module that is not loaded: would loading it now succeed, one-hot (ok, refused, unknown).",
-    ("patch", "object", "verdict"))
+    "For a patched module that is not loaded: would loading it succeed with this patch loaded, one-hot (ok, "
+    "refused, unknown).", ("patch", "object", "candidate", "verdict"))
 SYMBOLS = MetricDef(
     "klpd_symbols", G, "Livepatch symbols of the patch's object, by how the kernel will resolve them; a status "
     "with no symbol has no series.", ("patch", "object", "status"))
@@ -239,8 +240,12 @@ def build_families(snapshot: MetricsSnapshot | None, version: str = __version__)
         patches = _unique(snapshot.status.patches)
         for patch in patches:
             _patch(out, patch, snapshot.stats)
+        for candidate in _unique(snapshot.status.candidates):
+            _candidate(out, candidate)
         # Deduplicated by label values: a duplicate series would make Prometheus reject the whole scrape.
-        for labels in dict.fromkeys(_patch_info_labels(p) for p in snapshot.status.patches):
+        infos = [*(_patch_info_labels(p, "false") for p in snapshot.status.patches)]
+        infos += [_patch_info_labels(p, "true") for p in snapshot.status.candidates]
+        for labels in dict.fromkeys(infos):
             out.add(PATCH_INFO, 1, *labels)
         _daemon(out, snapshot.stats, patches)
     return out.families()
@@ -266,9 +271,30 @@ def _host(out: _Families, status: HostStatus) -> None:
         out.add(HOST_PROBLEMS, sum(p.severity == severity for p in status.problems), severity)
 
 
-def _patch_info_labels(patch: PatchStatus) -> tuple[str, str, str, str]:
+def _patch_info_labels(patch: PatchStatus, candidate: str) -> tuple[str, str, str, str, str]:
     release = patch.vermagic.split(" ", 1)[0] if patch.vermagic else ""
-    return (patch.name, patch.path or "", patch.srcversion or "", release)
+    return (patch.name, patch.path or "", patch.srcversion or "", release, candidate)
+
+
+def _verdicts(out: _Families, patch: PatchStatus, candidate: str) -> None:
+    """What insmod of the patch's file would do: the series a loaded or installed patch and a candidate share."""
+    name = patch.name
+    out.add(PATCH_WILL_LOAD, float(patch.will_load), name, candidate)
+    for severity in SEVERITIES:
+        out.add(PATCH_PROBLEMS, sum(p.severity == severity for p in patch.problems), name, severity, candidate)
+    for check in patch.load_checks:
+        if check.result is not CheckResult.OK:
+            out.add(PATCH_LOAD_CHECK, 1.0, name, check.check.value, check.result.value, candidate)
+    seen: set[str] = set()
+    for obj in patch.objects:
+        if obj.name not in seen and obj.module_load is not None:  # first wins, as for patches
+            seen.add(obj.name)
+            out.one_hot(MODULE_LOAD, obj.module_load.value, MODULE_LOAD_VERDICTS, name, obj.name, candidate)
+
+
+def _candidate(out: _Families, patch: PatchStatus) -> None:
+    """A staging directory's patch: only what loading it would do (it has no state, sysfs or refusals)."""
+    _verdicts(out, patch, "true")
 
 
 def _patch(out: _Families, patch: PatchStatus, stats: DaemonCounters) -> None:
@@ -276,12 +302,7 @@ def _patch(out: _Families, patch: PatchStatus, stats: DaemonCounters) -> None:
     out.add(PATCH_LOADED, float(patch.loaded), name)
     state = patch_state(patch)
     out.one_hot(PATCH_STATE, state, PATCH_STATES, name)
-    out.add(PATCH_WILL_LOAD, float(patch.will_load), name)
-    for severity in SEVERITIES:
-        out.add(PATCH_PROBLEMS, sum(p.severity == severity for p in patch.problems), name, severity)
-    for check in patch.load_checks:
-        if check.result is not CheckResult.OK:
-            out.add(PATCH_LOAD_CHECK, 1.0, name, check.check.value, check.result.value)
+    _verdicts(out, patch, "false")
     if patch.replace is not None:
         out.add(PATCH_REPLACE, float(patch.replace), name)
     if patch.stack_order is not None:
@@ -302,8 +323,6 @@ def _object(out: _Families, patch: str, obj: ObjectStatus) -> None:
     out.add(OBJECT_LOADED, float(obj.loaded), patch, obj.name)
     if obj.patched is not None:
         out.add(OBJECT_PATCHED, float(obj.patched), patch, obj.name)
-    if obj.module_load is not None:
-        out.one_hot(MODULE_LOAD, obj.module_load.value, MODULE_LOAD_VERDICTS, patch, obj.name)
     # Counts by status, only the statuses that occur: a host's series stay bounded by what it has (README).
     symbols = Counter(s.status.value if s.status is not None else "unknown" for s in obj.symbols)
     for status in SYMBOL_STATUSES:

@@ -121,6 +121,16 @@ def render_status(status: HostStatus, verbose: bool = False) -> str:
     for p in status.patches:
         if verbose or patch_has_problems(p) or p.problems:
             lines += ["", *render_patch_details(p, verbose)]
+    if status.candidates:
+        lines += ["", "candidates (staging directories; judged as insmod of each now, never loaded by klpd):"]
+        rows = [["PATCH", "FILE", "WOULD LOAD", "WOULD REFUSE MODULE LOADS"]]
+        for p in status.candidates:
+            refused = [o.name for o in p.objects if o.module_load is ModuleLoad.REFUSED]
+            rows.append([p.name, p.path or "-", "yes" if p.will_load else "NO", ", ".join(refused) or "-"])
+        lines += ["  " + row for row in _table(rows)]
+        for p in status.candidates:
+            if verbose or not p.will_load or p.problems:
+                lines += ["", *render_patch_details(p, verbose)]
     if status.problems:
         lines += ["", "host problems:"]
         for x in status.problems:

@@ -28,8 +28,11 @@ from klpd.predict.sections import PatchEvaluation, file_sections, section_result
 from klpd.predict.states import replaced_by
 
 
-def compute_status(system: SystemState, patches: Iterable[PatchInput]) -> HostStatus:
-    """The livepatch status of the host: one PatchStatus per input, in input order."""
+def compute_status(
+    system: SystemState, patches: Iterable[PatchInput], candidates: Iterable[PatchInput] = ()
+) -> HostStatus:
+    """The livepatch status of the host: one PatchStatus per input, in input order; ``candidates`` (the staging
+    directories' files, each judged as insmod of it now) apart, in :attr:`HostStatus.candidates`."""
     return HostStatus(
         kernel_release=system.kernel.release,
         tainted=system.kernel.tainted,
@@ -38,6 +41,7 @@ def compute_status(system: SystemState, patches: Iterable[PatchInput]) -> HostSt
         kallsyms_addresses_visible=system.kallsyms.addresses_visible,
         patches=tuple(patch_status(system, p) for p in patches),
         problems=system.problems + system.semantics.problems,
+        candidates=tuple(patch_status(system, p) for p in candidates),
     )
 
 

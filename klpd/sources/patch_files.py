@@ -41,8 +41,9 @@ def _walk(top: Path, root: SystemRoot, seen_dirs: set[tuple[int, int]], problems
     return found
 
 
-def find_patch_files(root: SystemRoot, release: str) -> Read[tuple[HostPath, ...]]:
-    """Module files under the patch directories of ``release``, sorted by where they are under ``root``.
+def find_patch_files(root: SystemRoot, release: str, *, staging: bool = False) -> Read[tuple[HostPath, ...]]:
+    """Module files under the patch directories of ``release`` (``staging``: its staging directories), sorted by
+    where they are under ``root``.
 
     A file reached twice (through a symlinked directory or a link to it) is listed once, by its first path in
     configured directory order.
@@ -51,7 +52,7 @@ def find_patch_files(root: SystemRoot, release: str) -> Read[tuple[HostPath, ...
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
     files: list[Path] = []
-    for top in root.patch_dirs_for(release):
+    for top in root.staging_dirs_for(release) if staging else root.patch_dirs_for(release):
         for path in _walk(top, root, seen_dirs, problems):
             try:
                 status = path.stat()
