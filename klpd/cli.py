@@ -51,14 +51,15 @@ def _status_exit(status: HostStatus) -> int:
     return ExitCode.OK
 
 
-def _root(args: argparse.Namespace) -> SystemRoot:
+def _root(args: argparse.Namespace, given: str | None = None) -> SystemRoot:
     from pathlib import Path
 
     from klpd.root import SystemRoot
 
-    root = Path(args.root or "/")
+    name = given if given is not None else args.root
+    root = Path(name or "/")
     if not root.is_dir():
-        raise UsageError(f"--root {args.root}: not a directory")
+        raise UsageError(f"--root {name}: not a directory")
     return SystemRoot.at(root)
 
 
@@ -108,6 +109,9 @@ def _run_check(args: argparse.Namespace) -> int:
 
     from klpd.sources import prefetch
 
+    if args.roots and len(args.roots) > 1:
+        return _run_fleet_check(args)
+    args.root = args.roots[0] if args.roots else None
     root = _root(args)
     early = prefetch.start(root.kallsyms)  # the kernel formats /proc/kallsyms while the imports below run
     try:
@@ -121,6 +125,33 @@ def _run_check(args: argparse.Namespace) -> int:
             early.close()
     _print_status(args, status, "check")
     return _status_exit(status)
+
+
+def _run_fleet_check(args: argparse.Namespace) -> int:
+    """``check`` with --root given several times: the files judged on each captured host, one table."""
+    from pathlib import Path
+
+    from klpd.collect import evaluate_files
+    from klpd.outputs import fleet
+    from klpd.outputs import json as json_out
+    from klpd.sources.host_identity import read_host_identity
+
+    roots = [_root(args, given) for given in args.roots]  # a usage error before any work
+    checks: list[fleet.HostCheck] = []
+    for given, root in zip(args.roots, roots, strict=True):
+        hostname = read_host_identity(root).hostname
+        try:
+            status = evaluate_files(root, [Path(f) for f in args.files])
+        except KlpdError as exc:  # this host cannot be judged; the others still are
+            checks.append(fleet.HostCheck(given, hostname, None, str(exc)))
+        else:
+            checks.append(fleet.HostCheck(given, hostname, status))
+    if args.json:
+        print(json_out.dumps(fleet.fleet_document(checks)), end="")
+    else:
+        print(fleet.render_fleet(checks), end="")
+    kind = fleet.exit_kind(checks)
+    return {"problems": ExitCode.PROBLEMS, "undetermined": ExitCode.UNDETERMINED}.get(kind, ExitCode.OK)
 
 
 # -- status ---------------------------------------------------------------------------------------------------------
@@ -207,13 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
-        p.add_argument(
-            "--root",
-            default=None,
-            metavar="DIR",
-            help="read the system from DIR instead of / (a fixture tree or a copy of a host); status then computes"
-            " in this process unless --socket names a daemon",
-        )
+        if command.name == "check":  # several roots: the files judged on each captured host (klpctl capture)
+            p.add_argument("--root", dest="roots", action="append", default=None, metavar="DIR",
+                           help="read the system from DIR instead of / (a copy of a host, as klpctl capture makes);"
+                           " give it several times to judge the files on each of those hosts, one table")  # fmt: skip
+        else:
+            p.add_argument(
+                "--root",
+                default=None,
+                metavar="DIR",
+                help="read the system from DIR instead of / (a fixture tree or a copy of a host); status then"
+                " computes in this process unless --socket names a daemon",
+            )
         p.add_argument("--json", action="store_true", help="print the versioned JSON document")
         command.configure(p)
         p.set_defaults(run=command.run)

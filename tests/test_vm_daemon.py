@@ -32,6 +32,12 @@ pytestmark = pytest.mark.vm
 KLPD = KLPCTL.parent / "klpd"
 TARGET = "klpvm_target"
 SOCKET = "/tmp/klpd-vm/klpd.sock"
+STAGING = "/var/lib/klpd-staging"
+# The candidates staged in ``uevents`` once klpvm_mod_pos1 is loaded and its target removed, and what the kernel
+# then says of insmod of each, in this order: a vmlinux symbol that does not exist (refused), a new build of the
+# loaded klpvm_mod_pos1 (EEXIST), a module sympos past the count (loads, and refuses its target's later load),
+# a good vmlinux patch (loads).
+STAGED = ("klpvm_vm_missing", "klpvm_mod_pos1", "klpvm_mod_pos4", "klpvm_vm_unique")
 FORGED = "livepatch: patch 'forged' failed for module 'forged_mod', refusing to load module 'forged_mod'"
 
 # The tests' configuration: the kernel's own uevents and /dev/kmsg, which need neither udevd nor journald.
@@ -41,6 +47,7 @@ socket = "{SOCKET}"
 kernel_log = "kmsg"
 uevent_source = "kernel"
 log_level = "debug"
+staging_dirs = ["{STAGING}"]
 """
 # What a fleet host runs; the socket and the listen address are the test's own (the flags override the file).
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config" / "klpd.toml"
@@ -92,6 +99,8 @@ def runs(env):
 
 def scripts(env):
     up = env.built.upstream_module
+    staged_copies = "\n".join(f"cp {env.built.patch(n)} {STAGING}.tmp/" for n in STAGED)
+    staged_loads = "\n".join(f"step staged_insmod_{n} insmod {STAGING}/{n}.ko; klp_wait" for n in STAGED)
     demo = "test_klp_callbacks_demo"
     busy = "test_klp_callbacks_busy"
     return {
@@ -111,7 +120,17 @@ def scripts(env):
                 and {jq_event("remove", TARGET)}'
             step patched_removed cat /sys/kernel/livepatch/klpvm_mod_pos1/{TARGET}/patched
             step klpctl klpctl status --socket {SOCKET} --json
+            # Rollout pre-flight: klpd judges the staged candidates (inotify sees the directory appear) ...
+            mkdir -p {STAGING}.tmp
+            {staged_copies}
+            mv {STAGING}.tmp {STAGING}
+            klpd_until staged '[.candidates[].name] | sort == {json.dumps(sorted(STAGED))}'
+            step staged_text klpctl status --socket {SOCKET}
             klpd_stop
+            # ... and the kernel judges them: insmod of each, then the target klpvm_mod_pos4 would refuse.
+            {staged_loads}
+            klp_wait
+            step staged_modprobe modprobe {TARGET}
         """,
         "refusal_and_transition": f"""
             P=$(install_patch {env.built.patch("klpvm_mod_pos4")})
@@ -235,6 +254,37 @@ def test_daemon_follows_module_uevents(env, runs):
         False
     ]
     assert result.text("stop.rc").strip() == "0", result.text("klpd.log")[-3000:]
+
+
+def test_daemon_judges_staged_candidates_as_the_kernel_then_does(runs):
+    result = runs["uevents"]
+    staged = Snapshot(result, "staged")
+    candidates = {c["name"]: c for c in staged.doc["candidates"]}
+    staged.converged(sorted(candidates) == sorted(STAGED), f"the candidates {STAGED}")
+    assert [p["name"] for p in staged.doc["patches"]] == ["klpvm_mod_pos1"]  # the host's own, apart
+    for name in STAGED:
+        insmod = result.step(f"staged_insmod_{name}")
+        kernel_loaded = insmod.rc == 0
+        assert candidates[name]["will_load"] is kernel_loaded, (name, candidates[name]["reasons"], insmod.err,
+                                                                insmod.dmesg)  # fmt: skip
+        assert staged.metric("klpd_patch_will_load", patch=name, candidate="true") == float(kernel_loaded), name
+    # insmod of a module whose name is loaded: the kernel's EEXIST, as klpd said
+    assert "File exists" in result.step("staged_insmod_klpvm_mod_pos1").err
+    exists = [c for c in candidates["klpvm_mod_pos1"]["load_checks"] if c["errno"] == "EEXIST"]
+    assert exists and exists[0]["result"] == "fails", candidates["klpvm_mod_pos1"]["load_checks"]
+    assert staged.metric("klpd_patch_will_load", patch="klpvm_mod_pos1", candidate="false") == 1  # the loaded one
+    # klpvm_mod_pos4 loads, and then the kernel refuses its target, as klpd said before either happened
+    target = next(o for o in candidates["klpvm_mod_pos4"]["objects"] if o["name"] == TARGET)
+    assert target["module_load"] == "refused"
+    labels = {"patch": "klpvm_mod_pos4", "object": TARGET, "candidate": "true"}
+    assert staged.metric("klpd_module_load", **labels, verdict="refused") == 1
+    modprobe = result.step("staged_modprobe")
+    assert modprobe.rc != 0, modprobe.out
+    assert any("refusing to load module" in line for line in modprobe.dmesg), modprobe.dmesg
+    # no candidate is counted as the host's own
+    assert staged.metric("klpd_patch_state", patch="klpvm_vm_unique", state="not_loaded") is None
+    text = result.step("staged_text").out
+    assert "candidates (staging directories" in text and f"{STAGING}/klpvm_mod_pos4.ko" in text
 
 
 def test_daemon_reports_refused_module_load(runs):

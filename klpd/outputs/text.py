@@ -59,7 +59,7 @@ def _yn(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def table(rows: list[list[str]]) -> list[str]:
     rows = [[escape(cell) for cell in row] for row in rows]  # widths as they will show
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -115,7 +115,7 @@ def render_status(status: HostStatus, verbose: bool = False) -> str:
                     probs or "-",
                 ]
             )
-        lines += _table(rows)
+        lines += table(rows)
     else:
         lines.append("no livepatch loaded or installed")
     for p in status.patches:
@@ -127,7 +127,7 @@ def render_status(status: HostStatus, verbose: bool = False) -> str:
         for p in status.candidates:
             refused = [o.name for o in p.objects if o.module_load is ModuleLoad.REFUSED]
             rows.append([p.name, p.path or "-", "yes" if p.will_load else "NO", ", ".join(refused) or "-"])
-        lines += ["  " + row for row in _table(rows)]
+        lines += ["  " + row for row in table(rows)]
         for p in status.candidates:
             if verbose or not p.will_load or p.problems:
                 lines += ["", *render_patch_details(p, verbose)]
