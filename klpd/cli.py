@@ -203,6 +203,26 @@ def _run_status(args: argparse.Namespace) -> int:
     return _status_exit(status)
 
 
+# -- list -----------------------------------------------------------------------------------------------------------
+
+
+def _configure_list(p: argparse.ArgumentParser) -> None:
+    del p  # --root and --json only
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from klpd.installed import read_installed
+    from klpd.outputs import installed as installed_out
+    from klpd.outputs import json as json_out
+
+    installed = read_installed(_root(args))
+    if args.json:
+        print(json_out.dumps(installed_out.installed_document(installed)), end="")
+    else:
+        print(installed_out.render_installed(installed), end="")
+    return ExitCode.PROBLEMS if installed_out.has_problems(installed) else ExitCode.OK
+
+
 def _print_status(args: argparse.Namespace, status: HostStatus, source: str) -> None:
     from klpd.outputs import json as json_out
     from klpd.outputs import text as text_out
@@ -227,6 +247,12 @@ COMMANDS: tuple[Command, ...] = (
         _run_check,
     ),
     Command("status", "the livepatch state of this host: loaded and installed patches", _configure_status, _run_status),
+    Command(
+        "list",
+        "the patch modules installed for every kernel release, the running and the next boot's marked",
+        _configure_list,
+        _run_list,
+    ),
 )
 
 

@@ -185,6 +185,22 @@ class SystemRoot:
         root, in configured order."""
         return tuple(self.path(d.replace("{release}", release)) for d in self.staging_dirs)
 
+    def release_parents(self) -> tuple[Path, ...]:
+        """The directories whose entries are kernel releases: each patch directory's part before ``{release}``
+        (``/var/lib/kpatch``, ``/usr/lib/kpatch``, ``/lib/modules`` by default), under this root."""
+        parents: list[Path] = []
+        for d in self.patch_dirs:
+            if "{release}" in d:
+                parent = self.path(d.split("{release}", 1)[0].rstrip("/") or "/")
+                if parent not in parents:
+                    parents.append(parent)
+        return tuple(parents)
+
+    @property
+    def default_kernel_links(self) -> tuple[HostPath, ...]:
+        """Debian's links to the kernel the boot loader starts by default (linux-base: /vmlinuz, /boot/vmlinuz)."""
+        return (self.file("/vmlinuz"), self.file("/boot/vmlinuz"))
+
     def host_path(self, path: Path) -> str:
         """The host path that ``path`` (somewhere under this root) stands for, for messages and JSON."""
         try:

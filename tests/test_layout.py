@@ -29,6 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "klpd.model",
             "klpd.model_loader",
             "klpd.model_description",
+            "klpd.model_installed",
             "klpd.names",
             "klpd.protocol",
             "klpd.kernel_version",
@@ -38,7 +39,9 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"klpd.elf", "klpd.sources"}),  # readers of files and kernel interfaces
     frozenset({"klpd.predict"}),  # the pure prediction
     # gathering; rendering
-    frozenset({"klpd.collect", "klpd.transition_tasks", "klpd.outputs", "klpd.config", "klpd.api_client"}),
+    frozenset(
+        {"klpd.collect", "klpd.installed", "klpd.transition_tasks", "klpd.outputs", "klpd.config", "klpd.api_client"}
+    ),
     frozenset({"klpd.cli", "klpd.daemon"}),  # the programs
 )
 _SUBPACKAGES = {"elf", "sources", "predict", "outputs", "daemon"}

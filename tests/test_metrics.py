@@ -116,10 +116,12 @@ def test_sections_by_state(reg):
 
 
 def test_module_load_verdict_is_one_hot_and_only_for_unloaded_modules(reg):
-    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="refused", candidate="false") == 1
-    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="ok", candidate="false") == 0
-    assert value(reg, "klpd_module_load", patch="livepatch_xfs", object="xfs", verdict="unknown", candidate="false") == 0
-    assert value(reg, "klpd_module_load", patch="livepatch_cve_2024_1", object="nf_tables", verdict="ok", candidate="false") is None
+    xfs = {"patch": "livepatch_xfs", "object": "xfs", "candidate": "false"}
+    assert value(reg, "klpd_module_load", **xfs, verdict="refused") == 1
+    assert value(reg, "klpd_module_load", **xfs, verdict="ok") == 0
+    assert value(reg, "klpd_module_load", **xfs, verdict="unknown") == 0
+    nf_tables = {"patch": "livepatch_cve_2024_1", "object": "nf_tables", "candidate": "false"}
+    assert value(reg, "klpd_module_load", **nf_tables, verdict="ok") is None
 
 
 def test_will_load_problems_and_sysfs_attributes(reg):

@@ -120,6 +120,7 @@ def scripts(env):
                 and {jq_event("remove", TARGET)}'
             step patched_removed cat /sys/kernel/livepatch/klpvm_mod_pos1/{TARGET}/patched
             step klpctl klpctl status --socket {SOCKET} --json
+            step list klpctl list --json
             # Rollout pre-flight: klpd judges the staged candidates (inotify sees the directory appear) ...
             mkdir -p {STAGING}.tmp
             {staged_copies}
@@ -285,6 +286,19 @@ def test_daemon_judges_staged_candidates_as_the_kernel_then_does(runs):
     assert staged.metric("klpd_patch_state", patch="klpvm_vm_unique", state="not_loaded") is None
     text = result.step("staged_text").out
     assert "candidates (staging directories" in text and f"{STAGING}/klpvm_mod_pos4.ko" in text
+
+
+def test_list_shows_the_loaded_patch_under_the_running_release(env, runs):
+    result = runs["uevents"]
+    doc = result.step("list").json()
+    assert doc["running"] == env.kernel.release
+    running = [r for r in doc["releases"] if r["running"]]
+    assert [r["release"] for r in running] == [env.kernel.release]
+    listed = {p["name"]: p for p in running[0]["patches"]}
+    # install_patch put it in /var/lib/kpatch/<release>/, and the kernel's /proc/modules lists it
+    assert listed["klpvm_mod_pos1"]["loaded"] is True
+    assert listed["klpvm_mod_pos1"]["built_for"] == env.kernel.release
+    assert listed["klpvm_mod_pos1"]["release_mismatch"] is False
 
 
 def test_daemon_reports_refused_module_load(runs):
