@@ -121,6 +121,8 @@ class TaskRef:
     tid: int
     comm: str
     function: str | None = None  # the replaced function it sleeps in ("name" or "name [module]")
+    cmdline: str | None = None  # /proc/<pid>/cmdline, arguments joined by spaces (None: unreadable, a kernel thread)
+    stack: tuple[str, ...] | None = None  # /proc/<pid>/task/<tid>/stack frames (None: unreadable; needs root)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import dataclasses
 from klpd.model import HostStatus, PatchStatus
 from klpd.model_description import FunctionStatus, TaskRef, TaskReport
 from klpd.root import SystemRoot
-from klpd.sources.tasks import KLP_PATCHED, KLP_UNPATCHED, scan_blocking_tasks, scan_stacks
+from klpd.sources.tasks import KLP_PATCHED, KLP_UNPATCHED, read_cmdline, read_stack, scan_blocking_tasks, scan_stacks
 
 BLOCKING = "blocking"
 SLEEPING = "sleeping_in_replaced_function"
@@ -22,7 +22,11 @@ SLEEPING = "sleeping_in_replaced_function"
 
 def _blocking(root: SystemRoot, patch: PatchStatus) -> TaskReport:
     scan = scan_blocking_tasks(root, KLP_PATCHED if patch.enabled else KLP_UNPATCHED)
-    tasks = tuple(TaskRef(t.pid, t.tid, t.comm) for t in scan.tasks)
+    # what `klp blocking -vv` shows of each: the command line, and (root only) the kernel stack it sleeps in
+    tasks = tuple(
+        TaskRef(t.pid, t.tid, t.comm, None, read_cmdline(root, t.pid), read_stack(root, t.pid, t.tid))
+        for t in scan.tasks
+    )
     if scan.scanned == 0:  # a copied tree has no tasks: "none blocking" would be a guess
         return TaskReport(
             BLOCKING, False, 0, (), scan.reason or "no task's patch_state could be read in /proc"

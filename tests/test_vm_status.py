@@ -2,6 +2,8 @@
 stacked patches, atomic replace, a patch of a module loaded later, and a transition held up by a busy kworker.
 """
 
+import re
+
 import pytest
 from vm import compare
 from vm.harness import session_environment
@@ -55,6 +57,7 @@ def runs(env):
             step insmod insmod {up("test_klp_callbacks_demo")}
             sleep 2
             step status_blocked klpctl status --direct --json
+            step status_blocked_text klpctl status --direct -v
             sysfs_dump sysfs_blocked
             echo 0 > /sys/module/test_klp_callbacks_busy/parameters/block_transition
             klp_wait
@@ -148,6 +151,14 @@ def test_blocked_transition(runs):
     tasks = blocked["tasks"]
     assert tasks["kind"] == "blocking" and tasks["known"] and tasks["count"] >= 1, tasks
     assert any(t["comm"].startswith("kworker") for t in tasks["tasks"]), tasks
+    # as klp blocking -vv: a kworker has no command line, and its kernel stack (read as root) shows where it
+    # sleeps: in the function the patch replaces
+    kworker = next(t for t in tasks["tasks"] if t["comm"].startswith("kworker"))
+    assert kworker["cmdline"] is None, kworker
+    assert any(f.startswith("busymod_work_func+") for f in kworker["stack"]), kworker["stack"]
+    text = result.step("status_blocked_text").out
+    assert "cmdline: - (a kernel thread, or gone)" in text
+    assert re.search(r"^\s+busymod_work_func\+0x[0-9a-f]+/0x[0-9a-f]+ \[test_klp_callbacks_busy\]$", text, re.M), text
     # Before the insmod, klpctl check saw that kworker asleep in the function the patch replaces.
     before = compare.patch(result.step("check_before").json(), "test_klp_callbacks_demo")
     sleeping = before["tasks"]

@@ -158,7 +158,7 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
     lines += _load_check_lines(p, verbose)
     if p.replaces:
         lines.append(f"  replaces (atomic replace): {', '.join(p.replaces)}")
-    lines += _task_lines(p)
+    lines += _task_lines(p, verbose)
     for obj in p.objects:
         states = Counter(s.state for s in obj.sections)
         statuses = Counter(s.status for s in obj.symbols)
@@ -190,7 +190,7 @@ def render_patch_details(p: PatchStatus, verbose: bool = False) -> list[str]:
     return lines
 
 
-def _task_lines(p: PatchStatus) -> list[str]:
+def _task_lines(p: PatchStatus, verbose: bool) -> list[str]:
     report = p.tasks
     if report is None:
         return []
@@ -204,6 +204,12 @@ def _task_lines(p: PatchStatus) -> list[str]:
     for task in report.tasks[:10]:
         where = f" in {task.function}" if task.function else ""
         lines.append(f"    pid {task.pid} tid {task.tid} {task.comm}{where}")
+        if verbose:
+            cmdline = task.cmdline if task.cmdline is not None else "- (a kernel thread, or gone)"
+            lines.append(f"      cmdline: {cmdline}")
+            if task.stack is None:
+                lines.append("      stack: unreadable (needs root)")
+            lines += [f"      {frame}" for frame in task.stack or ()]
     if report.count > 10:
         lines.append(f"    ... and {report.count - 10} more")
     return lines

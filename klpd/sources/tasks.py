@@ -81,6 +81,31 @@ def _read_comm(task_dir: str) -> str:
         return "?"
 
 
+MAX_CMDLINE = 4096  # bytes of /proc/<pid>/cmdline shown; the kernel has no limit (the argument area)
+
+
+def read_cmdline(root: SystemRoot, pid: int) -> str | None:
+    """The task's command line, arguments joined by spaces; None for a kernel thread (empty) or an unreadable one."""
+    try:
+        raw = read_regular(f"{root.proc}/{pid}/cmdline", MAX_CMDLINE)
+    except OSError:
+        return None
+    words = raw.rstrip(b"\0").split(b"\0")
+    text = " ".join(w.decode("utf-8", "replace") for w in words)
+    return text or None
+
+
+def read_stack(root: SystemRoot, pid: int, tid: int) -> tuple[str, ...] | None:
+    """The task's kernel stack, one frame per entry as the kernel prints it less the address ("do_wait+0x1d6/0x2e0",
+    "xfs_trans_alloc+0x1/0x2 [xfs]"); None when unreadable (proc_pid_stack() wants CAP_SYS_ADMIN)."""
+    try:
+        raw = read_regular(f"{root.proc}/{pid}/task/{tid}/stack", 64 << 10)
+    except OSError:
+        return None
+    lines = raw.decode("utf-8", "replace").splitlines()
+    return tuple(line.split("] ", 1)[1] if "] " in line else line for line in lines if line.strip())
+
+
 def scan_blocking_tasks(root: SystemRoot, target: int) -> TaskScan:
     """Every task under ``root``'s /proc whose patch_state is neither ``target`` nor idle (-1)."""
     proc = str(root.proc)
@@ -154,5 +179,6 @@ def scan_stacks(root: SystemRoot, functions: Collection[tuple[str, str]]) -> Sta
                 count += 1
                 if len(tasks) < MAX_LISTED_TASKS:
                     name = hit[1] if hit[0] == VMLINUX else f"{hit[1]} [{hit[0]}]"
-                    tasks.append(TaskRef(pid, tid, _read_comm(task_dir), name))
+                    stack = tuple(line.split("] ", 1)[-1] for line in raw.decode("utf-8", "replace").splitlines())
+                    tasks.append(TaskRef(pid, tid, _read_comm(task_dir), name, read_cmdline(root, pid), stack))
     return StackScan(tuple(tasks), count, scanned)
