@@ -63,11 +63,37 @@ def _root(args: argparse.Namespace, given: str | None = None) -> SystemRoot:
     return SystemRoot.at(root)
 
 
+def _files(args: argparse.Namespace, *, any_release: bool) -> list[str]:
+    """FILE arguments as given; one that is no file but a module name (no '/') is the patch of that name installed
+    for the running kernel (``any_release``: for any kernel when the running one has none), as kpatch takes names."""
+    from pathlib import Path
+
+    wanted = [f for f in args.files if "/" not in f and not Path(f).exists()]
+    if not wanted:
+        return list(args.files)
+    from klpd.installed import find_by_name, read_installed
+
+    installed = read_installed(_root(args))
+    out: list[str] = []
+    for given in args.files:
+        if given not in wanted:
+            out.append(given)
+            continue
+        found = find_by_name(installed, given, any_release=any_release)
+        if not found:
+            where = "any installed kernel" if any_release else f"the running kernel ({installed.running})"
+            raise UsageError(f"{given}: no such file, and no patch module of that name is installed for {where}")
+        out.extend(str(_root(args).path(p)) for p in found)
+    return out
+
+
 # -- inspect --------------------------------------------------------------------------------------------------------
 
 
 def _configure_inspect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="livepatch module files (.ko, .ko.xz, .ko.gz, .ko.zst)")
+    p.add_argument("files", nargs="+", metavar="FILE|NAME",
+                   help="livepatch module files (.ko, .ko.xz, .ko.gz, .ko.zst), or names of installed patch modules"
+                   " (the running kernel's; else any kernel's)")  # fmt: skip
     p.add_argument("--no-relocations", action="store_true", help="do not list every relocation")
 
 
@@ -82,7 +108,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     modules: list[PatchModule] = []
     problems: list[Problem] = []
-    for name in args.files:
+    for name in _files(args, any_release=True):
         module, problem = read_patch_file(HostPath(name, Path(name)))
         if module is not None:
             modules.append(module)
@@ -100,7 +126,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _configure_check(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="livepatch module files to check against this host")
+    p.add_argument("files", nargs="+", metavar="FILE|NAME",
+                   help="livepatch module files to check against this host, or names of patch modules installed for"
+                   " the running kernel")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="list every section and symbol")
 
 
@@ -112,6 +140,7 @@ def _run_check(args: argparse.Namespace) -> int:
     if args.roots and len(args.roots) > 1:
         return _run_fleet_check(args)
     args.root = args.roots[0] if args.roots else None
+    args.files = _files(args, any_release=False)
     root = _root(args)
     early = prefetch.start(root.kallsyms)  # the kernel formats /proc/kallsyms while the imports below run
     try:

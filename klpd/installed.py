@@ -88,3 +88,14 @@ def read_installed(root: SystemRoot) -> InstalledReleases:
     return InstalledReleases(running, next_boot_release(root), tuple(sorted(releases, key=_version_key)),
                              tuple(patches), tuple(problems))  # fmt: skip
 
+
+
+def find_by_name(installed: InstalledReleases, name: str, *, any_release: bool = False) -> tuple[str, ...]:
+    """The files of the patch module ``name`` (as modinfo names it, '-' read as '_', as modprobe and kpatch do):
+    the running kernel's first; with ``any_release``, every release's when the running one has none."""
+    wanted = name.replace("-", "_")
+    matching = [p for p in installed.patches if p.name is not None and p.name.replace("-", "_") == wanted]
+    running = [p.path for p in matching if p.release == installed.running]
+    if running or not any_release:
+        return tuple(running)
+    return tuple(p.path for p in matching)

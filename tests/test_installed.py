@@ -96,3 +96,31 @@ def test_nothing_installed(tmp_path, capsys: pytest.CaptureFixture[str]) -> None
     fx.proc_modules([])
     assert main(["list", "--root", str(tmp_path)]) == ExitCode.OK
     assert "no livepatch module installed for any kernel release" in capsys.readouterr().out
+
+
+# --- inspect and check by name, as kpatch takes names --------------------------------------------------------------
+
+
+def test_inspect_takes_an_installed_patchs_name(tmp_path, capsys) -> None:
+    fx = fleet_host(tmp_path)
+    fx.write(f"/var/lib/kpatch/{NEXT}/only-next.ko", patch("only_next", NEXT))
+    root = str(fx.root.root)
+    assert main(["inspect", "--json", "--root", root, "lp-other"]) == ExitCode.OK  # '-' read as '_'
+    (module,) = json.loads(capsys.readouterr().out)["files"]
+    assert module["name"] == "lp_other" and module["path"].endswith(f"/lib/modules/{RUNNING}/livepatch/lp-other.ko")
+    # not installed for the running kernel: inspect looks at every release
+    assert main(["inspect", "--json", "--root", root, "only_next"]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out)["files"][0]["name"] == "only_next"
+
+
+def test_check_takes_a_name_installed_for_the_running_kernel_only(tmp_path, capsys) -> None:
+    from test_collect_descriptions import host
+
+    fx = host(tmp_path, "cmdline_proc_show\n")
+    root = str(fx.root.root)
+    assert main(["check", "--json", "--root", root, "lp_old"]) in (ExitCode.OK, ExitCode.PROBLEMS)
+    (patch_doc,) = json.loads(capsys.readouterr().out)["patches"]
+    assert patch_doc["name"] == "lp_old" and patch_doc["path"].endswith("/var/lib/kpatch/6.1.0-test/lp_old.ko")
+    assert main(["check", "--root", root, "no_such_patch"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "no_such_patch: no such file, and no patch module of that name is installed for the running kernel" in err

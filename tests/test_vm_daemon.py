@@ -121,6 +121,8 @@ def scripts(env):
             step patched_removed cat /sys/kernel/livepatch/klpvm_mod_pos1/{TARGET}/patched
             step klpctl klpctl status --socket {SOCKET} --json
             step list klpctl list --json
+            step check_name klpctl check --json klpvm_mod_pos1
+            step check_path klpctl check --json $P
             # Rollout pre-flight: klpd judges the staged candidates (inotify sees the directory appear) ...
             mkdir -p {STAGING}.tmp
             {staged_copies}
@@ -299,6 +301,16 @@ def test_list_shows_the_loaded_patch_under_the_running_release(env, runs):
     assert listed["klpvm_mod_pos1"]["loaded"] is True
     assert listed["klpvm_mod_pos1"]["built_for"] == env.kernel.release
     assert listed["klpvm_mod_pos1"]["release_mismatch"] is False
+
+
+def test_check_by_name_judges_the_installed_file(runs):
+    result = runs["uevents"]
+    by_name, by_path = result.step("check_name"), result.step("check_path")
+    assert by_name.rc == by_path.rc and by_name.json() == by_path.json(), by_name.err
+    (patch,) = by_name.json()["patches"]
+    # the installed file of the loaded patch: insmod of it again is the kernel's EEXIST, as the staged copy showed
+    assert patch["name"] == "klpvm_mod_pos1" and patch["path"].startswith("/var/lib/kpatch/")
+    assert any(c["errno"] == "EEXIST" for c in patch["load_checks"]), patch["load_checks"]
 
 
 def test_daemon_reports_refused_module_load(runs):
