@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,11 @@ class VM:
     # cryptomgr.notests: the crypto self-tests are pure CPU work under TCG and are where stalled boots hung.
     cmdline: str = "console=ttyS0 quiet panic=-1 oops=panic mitigations=off cryptomgr.notests"
     init: str = "chroot"  # or "systemd": the root boots with systemd as PID 1 (initramfs.SYSTEMD_UNITS)
+    # The guest's root (read-only, under a tmpfs overlay): the host's, or one made by rootfs.guest_root(). Another
+    # root lacks the host's paths: ``cwd`` must exist in it, and what the script needs from the host goes in
+    # ``inputs``.
+    root: Path = Path("/")
+    inputs: Mapping[str, Path] = field(default_factory=dict)  # copied to $KLPVM_IN/<name> in the guest
 
     def qemu_command(self, out: Path, kernel_args: Sequence[str] = ()) -> list[str]:
         # thread=single: under multi-threaded TCG a vCPU can run a stale translation of code that another vCPU
@@ -135,8 +141,10 @@ class VM:
             "-kernel", str(self.env.kernel.vmlinuz), "-initrd", str(self.env.initramfs),
             "-append", " ".join((self.cmdline, *kernel_args)),
             "-serial", f"file:{out / 'console.log'}", "-serial", f"file:{out / 'stdout.log'}",
-            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-fsdev", f"local,id=hostroot,path={self.root},security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            "-fsdev", f"local,id=modules,path={self.env.modules},security_model=none,readonly=on,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=modules,mount_tag=modules",
             "-fsdev", f"local,id=results,path={out / 'share'},security_model=none,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
         ]  # fmt: skip
@@ -165,15 +173,19 @@ class VM:
             out = Path(tmp)
             share = out / "share"
             (share / "files").mkdir(parents=True)
+            (share / "inputs").mkdir()
+            for name, path in self.inputs.items():
+                shutil.copy2(path, share / "inputs" / name)
+            # From the share, not the host's path: a root of another suite has no repository in it.
+            shutil.copy2(GUEST_SH, share / "guest.sh")
             (share / "script.sh").write_text(
                 f": > {GUEST_OUT}/started\n"
-                f"export KLPVM_OUT={GUEST_OUT}/files KLPCTL={shlex.quote(str(KLPCTL))}\n"
-                f". {shlex.quote(str(GUEST_SH))}\n{script}"
+                f"export KLPVM_OUT={GUEST_OUT}/files KLPVM_IN={GUEST_OUT}/inputs KLPCTL={shlex.quote(str(KLPCTL))}\n"
+                f". {GUEST_OUT}/guest.sh\n{script}"
             )
             (share / "vm.conf").write_text(
                 f"KLPVM_CWD={shlex.quote(str(self.cwd))}\n"
                 f"KLPVM_RELEASE={shlex.quote(self.env.kernel.release)}\n"
-                f"KLPVM_MODULES={shlex.quote(str(self.env.modules))}\n"
                 f"KLPVM_INIT={shlex.quote(self.init)}\n"
             )
             if self.init == "systemd":

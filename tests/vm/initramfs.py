@@ -1,7 +1,8 @@
 """The guest's initramfs: static busybox, the few modules that reach the host's files over virtio-9p, and an init.
 
-The init mounts the host's root read-only (9p tag ``hostroot``) under a tmpfs overlay, gives it the guest's own
-proc, sys (with securityfs), dev, tmp and run, binds the test kernel's ``/lib/modules/<release>`` over the host's,
+The init mounts the guest's root read-only (9p tag ``hostroot``: the host's ``/``, or a root made from another suite's
+packages, see :mod:`rootfs`) under a tmpfs overlay, gives it the guest's own proc, sys (with securityfs), dev, tmp
+and run, binds the test kernel's ``/lib/modules/<release>`` (9p tag ``modules``) over the root's,
 mounts the writable results share (9p tag ``results``) at ``/run/klpvm`` and chroots into it to run
 ``/run/klpvm/script.sh`` with bash, in the directory named by ``vm.conf``. The script's stdout goes to the second
 serial port (ttyS1), its stderr, exit status and the guest's dmesg to the results share; then the guest powers off.
@@ -57,7 +58,9 @@ mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # As systemd mounts it on every host: /sys/kernel/security/lockdown decides whether unsigned modules load.
 mount -t securityfs securityfs $R/sys/kernel/security || fail "securityfs"
 mkdir -p "$R/lib/modules/$KLPVM_RELEASE" "$R@GUEST_OUT@"
-mount --bind "/lower$KLPVM_MODULES" "$R/lib/modules/$KLPVM_RELEASE" || fail "bind modules"
+# Its own share, not a path under the root: a root made from another suite's packages has no VM cache in it.
+mount -t 9p -o "$P9,ro,cache=loose" modules /kmods || fail "mount the modules share"
+mount --bind /kmods "$R/lib/modules/$KLPVM_RELEASE" || fail "bind modules"
 mount --bind /out "$R@GUEST_OUT@"
 stty -F /dev/ttyS1 raw -echo
 if [ "$KLPVM_INIT" = systemd ]; then
@@ -144,7 +147,7 @@ def _uncompressed(ko: Path) -> bytes:
 
 def build_initramfs(tree: Path, release: str, busybox: Path, dest: Path) -> Path:
     """Write the initramfs for ``release`` (modules taken from ``tree``) to ``dest``."""
-    dirs = ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "out", "modules", "keep")
+    dirs = ("bin", "dev", "proc", "sys", "lower", "rw", "newroot", "out", "modules", "keep", "kmods")
     parts = [_newc_entry(d, stat.S_IFDIR | 0o755) for d in dirs]
     parts.append(_newc_entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
     parts.append(_newc_entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()))
