@@ -3,23 +3,22 @@ tests/test_vm_systemd.py boots it) installs the package built from this tree wit
 nothing else — no drop-in, no virtualenv: the service must be running once apt returns, sandboxed as its unit says,
 answer on /metrics and to ``/usr/bin/klpctl status``, and stop on ``dpkg -r``.
 
-Two userspaces, each with the distribution's own python3 and python3-* packages:
-
-- ``bookworm-host``: the host's root (read-only, under a tmpfs overlay), Debian 12 with the packages ./dev.sh test
-  installed on it;
-- ``trixie``: a fresh Debian 13 made by mmdebstrap (:mod:`vm.rootfs`) from the archive's packages: systemd, udev,
-  curl and the .deb's Depends, nothing else. The guest has no network, so apt finds the dependencies installed.
+Two userspaces, a fresh Debian 12 (bookworm) and a fresh Debian 13 (trixie), each made by mmdebstrap
+(:mod:`vm.rootfs`) from the archive's packages: systemd, udev, curl and the .deb's Depends, nothing else — the
+distribution's own python3 and python3-* packages, not the host's (whatever ./dev.sh installed on it). The guest
+has no network, so apt finds the dependencies installed.
 """
 
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from debian_package import build_deb
 from vm.agent import PORT, parse_metrics
-from vm.harness import session_environment
+from vm.harness import GuestResult, parallel_boots, session_environment
 from vm.rootfs import GuestRoot, guest_root
 
 pytestmark = pytest.mark.vm
@@ -29,10 +28,14 @@ DEPENDS = ("python3", "python3-pyelftools", "python3-pyudev", "python3-prometheu
            "python3-zstandard")  # fmt: skip
 
 
+# A fresh root: what the service and this test's script need besides the .deb's Depends (curl asks /metrics).
+FRESH = ("systemd", "systemd-sysv", "udev", "curl", *DEPENDS)
+
+
 @dataclass(frozen=True)
 class Userspace:
     name: str
-    root: GuestRoot | None  # None: the host's own root
+    root: GuestRoot
     python: str  # `python3 --version` there
     pyelftools: str  # the version prefix of its python3-pyelftools (bookworm 0.29, trixie 0.32)
 
@@ -40,18 +43,14 @@ class Userspace:
 USERSPACES = {
     u.name: u
     for u in (
-        Userspace("bookworm-host", None, "Python 3.11.", "0.29"),
-        Userspace("trixie", GuestRoot("trixie", ("systemd", "systemd-sysv", "udev", "curl", *DEPENDS)),
-                  "Python 3.13.", "0.32"),
+        Userspace("bookworm", GuestRoot("bookworm", FRESH), "Python 3.11.", "0.29"),
+        Userspace("trixie", GuestRoot("trixie", FRESH), "Python 3.13.", "0.32"),
     )
 }  # fmt: skip
 
 
 def script(deb: str) -> str:
     return rf"""
-# The build container's policy-rc.d forbids starting services (exit 101); a host has none, and the bookworm
-# guest's root is that container's.
-rm -f /usr/sbin/policy-rc.d
 step python python3 --version
 step versions dpkg-query -W {" ".join(DEPENDS)}
 cp "$KLPVM_IN/{deb}" /root/
@@ -81,18 +80,33 @@ def deb():
         shutil.rmtree(work)
 
 
+@pytest.fixture(scope="module")
+def boots(deb):
+    """Every userspace's boot, two at a time: each guest keeps one host core busy for a minute or more."""
+    env = session_environment()
+    roots = {name: guest_root(u.root) for name, u in USERSPACES.items()}  # built one after the other, once
+
+    def boot(name: str) -> GuestResult:
+        # cwd: a directory every root has (the repository is in none of them; nothing here needs it).
+        vm = env.vm(init="systemd", root=roots[name], cwd=Path("/root"), inputs={deb.name: deb})
+        return vm.run(script(deb.name), timeout=300)
+
+    with ThreadPoolExecutor(parallel_boots()) as pool:
+        futures = {name: pool.submit(boot, name) for name in USERSPACES}
+    return env, {name: f.exception() or f.result() for name, f in futures.items()}
+
+
 @pytest.fixture(scope="module", params=list(USERSPACES))
 def userspace(request):
     return USERSPACES[request.param]
 
 
-@pytest.fixture(scope="module")
-def result(userspace, deb):
-    env = session_environment()
-    root = Path("/") if userspace.root is None else guest_root(userspace.root)
-    # cwd: a directory every root has (the repository is not in the trixie one; nothing here needs it).
-    vm = env.vm(init="systemd", root=root, cwd=Path("/root"), inputs={deb.name: deb})
-    return vm.run(script(deb.name), timeout=300), env
+@pytest.fixture
+def result(boots, userspace):
+    env, results = boots
+    if isinstance(results[userspace.name], BaseException):
+        raise results[userspace.name]
+    return results[userspace.name], env
 
 
 def test_the_guest_runs_the_distributions_python(userspace, result):
