@@ -59,6 +59,9 @@ setup() {
         # curl and jq ask the daemon there).
         apt_install "the test tools and the QEMU suite" prometheus systemd udev openssl qemu-system-x86 \
             busybox-static cpio kmod xz-utils zstd patchelf make bc curl jq
+        # mmdebstrap: the fresh bookworm and trixie roots tests/test_vm_debian_package.py installs the .deb in
+        # (tests/vm/rootfs.py; Debian's archive named on its command line, the machine's apt sources untouched).
+        apt_install "the fresh Debian roots of the QEMU suite" mmdebstrap
         # The Debian package (tests/test_debian_package.py builds it with dpkg-buildpackage and runs what it
         # installs on Debian's python3 and python3-* packages).
         apt_install "the Debian package and the suite on Debian's Python" dpkg-dev debhelper dh-python python3-all \
@@ -110,7 +113,8 @@ case "$verb" in
         if [ "${KLPD_VM_TESTS:-}" != 0 ]; then
             say "the QEMU suite fetches Debian's kernel packages with apt-get (linux-image and linux-source, into" \
                 "${KLPD_VM_CACHE:-/var/cache/klpd-vm, or .cache/vm when not root}; linux-headers installed" \
-                "system-wide) on first use, and builds its modules there; KLPD_VM_TESTS=0 skips it"
+                "system-wide) on first use, and builds its modules there, and fresh bookworm and trixie roots" \
+                "(mmdebstrap, ~400 MiB); KLPD_VM_TESTS=0 skips it"
         fi
         "$VENV/bin/ruff" check klpd tests benchmarks
         "$VENV/bin/mypy" klpd
