@@ -12,8 +12,9 @@ Tests call :func:`session_environment` (skip or fail policy) instead of :func:`p
 Each :meth:`VM.run` is one boot: a pristine kernel per case, since livepatch state cannot always be undone (a
 patch that was forced, or a target module whose relocations 6.1 does not clear on removal). The guest sees the
 host's root read-only (writes land in a tmpfs overlay), so ``/work/main/.venv/bin/klpctl`` runs inside it at the
-same path; ``env.vm(root=...)`` boots a root made from another suite's packages instead (:mod:`rootfs`). The script runs as root with bash, in the repository's directory; ``$KLPVM_OUT`` is a directory whose
-files come back in :attr:`GuestResult.files`.
+same path; ``env.vm(root=...)`` boots a root made from another suite's packages instead (:mod:`rootfs`). The
+script runs as root with bash, in the repository's directory; ``$KLPVM_OUT`` is a directory whose files come back
+in :attr:`GuestResult.files`, and ``$KLPVM_IN`` holds the files given as ``env.vm(inputs=...)``.
 
 QEMU uses TCG (``-accel tcg,thread=single -cpu max``: one host thread per guest, see VM.qemu_command) unless a real
 KVM is present: ``/dev/kvm`` alone is not enough, it can be a nested implementation that stalls a guest, so KVM is

@@ -14,6 +14,7 @@ there (``apt install ./klpd_*.deb``) must find its dependencies already installe
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .apt import MIRROR, apt_install
-from .errors import run
+from .errors import Unavailable, run
 from .kernel import cache_dir, locked
 
 # Manuals, translations and docs are not what a case looks at; dpkg skips them while the root is built. The
@@ -48,7 +49,9 @@ class GuestRoot:
 
 
 def guest_root(root: GuestRoot) -> Path:
-    """The root directory, built on first use (a few minutes: the packages are downloaded)."""
+    """The root directory, built on first use (one to three minutes: the packages are downloaded)."""
+    if os.geteuid() != 0:
+        raise Unavailable(f"a fresh {root.suite} root needs root (mmdebstrap --mode=root); run the suite as root")
     roots = cache_dir() / "roots"
     roots.mkdir(exist_ok=True)
     dest = roots / f"{root.suite}-{root.key()}"
