@@ -65,6 +65,8 @@ step exe readlink /proc/$pid/exe
 step proc grep -E '^(Uid|NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/$pid/status
 step metrics curl -sf --max-time 10 http://127.0.0.1:{PORT}/metrics
 step status /usr/bin/klpctl status --json
+step reload systemctl reload klpd
+for i in $(seq 50); do journalctl -u klpd -o cat --no-pager | grep -q "configuration reloaded" && break; sleep 0.2; done
 step remove dpkg -r klpd
 step inactive systemctl is-active klpd
 journalctl -u klpd -o cat --no-pager > $KLPVM_OUT/klpd.log
@@ -159,6 +161,14 @@ def test_the_installed_service_answers(result):
     doc = status.json()
     assert doc["source"] == "daemon" and doc["schema"] == "klpd.status/1", doc.get("source")
     assert doc["host"]["kernel_release"] == env.kernel.release, doc["host"]
+
+
+def test_the_service_reloads(result):
+    # ExecReload must work with what a fresh install has: procps's /bin/kill is not there.
+    result, _ = result
+    reload = result.step("reload")
+    assert reload.rc == 0, reload.err + result.text("klpd.log")[-3000:]
+    assert "configuration reloaded" in result.text("klpd.log"), result.text("klpd.log")[-3000:]
 
 
 def test_removing_the_package_stops_the_service(result):
