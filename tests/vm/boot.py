@@ -124,7 +124,7 @@ class VM:
     init: str = "chroot"  # or "systemd": the root boots with systemd as PID 1 (initramfs.SYSTEMD_UNITS)
 
     def qemu_command(self, out: Path, kernel_args: Sequence[str] = ()) -> list[str]:
-        accel = ["-accel", "kvm", "-cpu", "host"] if real_kvm() else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        accel = ["-accel", "kvm", "-cpu", "host"] if real_kvm() else ["-accel", "tcg,thread=single", "-cpu", "max"]
         return [
             QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             *accel, "-m", self.memory, "-smp", str(self.cpus),
