@@ -39,6 +39,7 @@ class Command(NamedTuple):
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    json: bool = True  # prints a document: --json
 
 
 def _status_exit(status: HostStatus) -> int:
@@ -57,8 +58,20 @@ def _root(args: argparse.Namespace) -> SystemRoot:
     from klpd.root import SystemRoot
 
     root = Path(args.root or "/")
+    if root.is_file():  # an archive klpctl capture wrote
+        import tarfile
+        import tempfile
+
+        from klpd.capture import unpack
+
+        unpacked = Path(args.resources.enter_context(tempfile.TemporaryDirectory(prefix="klpctl-root-")))
+        try:
+            unpack(root, unpacked)
+        except (OSError, tarfile.TarError) as exc:
+            raise UsageError(f"--root {args.root}: not a readable capture archive ({exc})") from None
+        root = unpacked
     if not root.is_dir():
-        raise UsageError(f"--root {args.root}: not a directory")
+        raise UsageError(f"--root {args.root}: not a directory or a capture archive")
     return SystemRoot.at(root)
 
 
@@ -182,6 +195,42 @@ def _print_status(args: argparse.Namespace, status: HostStatus, source: str) -> 
         print(text_out.render_status(status, getattr(args, "verbose", False)), end="")
 
 
+# -- capture --------------------------------------------------------------------------------------------------------
+
+
+def _configure_capture(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="OUT", help="a new directory (or an empty one), or a new *.tar or *.tar.gz file")
+
+
+def _run_capture(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from klpd.capture import Capture, capture
+    from klpd.outputs.text import escape
+
+    root = _root(args)
+    if root.is_live and os.geteuid() != 0:
+        print("klpctl: warning: not root: /proc/kallsyms shows every address as 0 and some files (the tasks'"
+              " patch_state, /proc/<pid>/stack, 0400 attributes) cannot be read; the capture shows what this user"
+              " sees, not what root sees", file=sys.stderr)  # fmt: skip
+
+    def retrying(first: Capture) -> None:
+        print(f"klpctl: the host changed while it was copied ({first.difference}); copying again", file=sys.stderr)
+
+    result = capture(root, Path(args.out), on_retry=retrying)
+    for skipped in result.skipped:
+        print(f"klpctl: skipped {escape(skipped.host)}: {escape(skipped.reason)}", file=sys.stderr)
+    if not result.status.kallsyms_addresses_visible:
+        print("klpctl: warning: the captured /proc/kallsyms shows no addresses: which objects' symbols are resolved"
+              " cannot be told from it", file=sys.stderr)  # fmt: skip
+    if not result.reproduced:
+        print(f"klpctl: {escape(args.out)}: its status differs from this host's at {result.difference} (the host"
+              " changed while it was copied, twice); the copy is kept", file=sys.stderr)  # fmt: skip
+        return ExitCode.UNDETERMINED
+    print(f"klpctl: captured to {escape(args.out)}", file=sys.stderr)
+    return ExitCode.OK
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "inspect",
@@ -196,6 +245,13 @@ COMMANDS: tuple[Command, ...] = (
         _run_check,
     ),
     Command("status", "the livepatch state of this host: loaded and installed patches", _configure_status, _run_status),
+    Command(
+        "capture",
+        "copy exactly the files status reads into OUT, for klpctl status --root OUT on another machine",
+        _configure_capture,
+        _run_capture,
+        json=False,
+    ),
 )
 
 
@@ -211,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--root",
             default=None,
             metavar="DIR",
-            help="read the system from DIR instead of / (a fixture tree or a copy of a host); status then computes"
-            " in this process unless --socket names a daemon",
+            help="read the system from DIR instead of / (a fixture tree, a copy of a host, or an archive klpctl"
+            " capture wrote); status then computes in this process unless --socket names a daemon",
         )
-        p.add_argument("--json", action="store_true", help="print the versioned JSON document")
+        if command.json:
+            p.add_argument("--json", action="store_true", help="print the versioned JSON document")
         command.configure(p)
         p.set_defaults(run=command.run)
     return parser
@@ -233,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else ExitCode.USAGE
     try:
-        return int(args.run(args))
+        with contextlib.ExitStack() as args.resources:  # what a command holds until it is done (an unpacked --root)
+            return int(args.run(args))
     except UsageError as exc:
         print(f"klpctl: {_escaped(exc)}", file=sys.stderr)
         return ExitCode.USAGE

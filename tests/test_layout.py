@@ -39,6 +39,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"klpd.predict"}),  # the pure prediction
     # gathering; rendering
     frozenset({"klpd.collect", "klpd.transition_tasks", "klpd.outputs", "klpd.config", "klpd.api_client"}),
+    frozenset({"klpd.capture"}),  # a copy of what the gathering reads
     frozenset({"klpd.cli", "klpd.daemon"}),  # the programs
 )
 _SUBPACKAGES = {"elf", "sources", "predict", "outputs", "daemon"}
