@@ -32,6 +32,16 @@ class ExitCode(IntEnum):
     PROBLEMS = 1  # something will fail, or is wrong
     USAGE = 2
     UNDETERMINED = 3  # a source could not be read: the answer may be incomplete
+    TRANSITION = 4  # status only: a patch is in transition, and nothing else is wrong: the state is changing
+
+
+EXIT_CODES_HELP = """exit status:
+  0  all good
+  1  problems: a patch will not load, a module load will be refused, a symbol does not resolve, a bad file
+  2  usage error
+  3  could not determine: a source klpd needs could not be read
+  4  (status) a livepatch transition is in progress, and nothing else is wrong (a patch that cannot load
+     only because of it, EBUSY, is not counted): run again once it ends"""
 
 
 class Command(NamedTuple):
@@ -42,14 +52,17 @@ class Command(NamedTuple):
     json: bool = True  # prints a document: --json
 
 
-def _status_exit(status: HostStatus) -> int:
-    from klpd.predict.verdicts import has_problems, undetermined
+def _status_exit(status: HostStatus, *, transition: bool = False) -> int:
+    """The exit code of a status; ``transition`` (``status``, not ``check``: a checked file refused with EBUSY
+    will not load now) gives a transition in progress its own code, 4, over the EBUSY it causes."""
+    from klpd.predict.verdicts import has_problems, in_transition, undetermined
 
-    if has_problems(status):
+    busy = transition and in_transition(status)
+    if has_problems(status, while_transition=busy):
         return ExitCode.PROBLEMS
     if undetermined(status):
         return ExitCode.UNDETERMINED
-    return ExitCode.OK
+    return ExitCode.TRANSITION if busy else ExitCode.OK
 
 
 def _root(args: argparse.Namespace) -> SystemRoot:
@@ -168,7 +181,7 @@ def _run_status(args: argparse.Namespace) -> int:
             else:
                 print(text_out.render_status(status, args.verbose), end="")
                 print(text_out.render_daemon(doc.get("daemon") or {}), end="")
-            return _status_exit(status)
+            return _status_exit(status, transition=True)
     from klpd.sources import prefetch
 
     root = _root(args)
@@ -182,7 +195,7 @@ def _run_status(args: argparse.Namespace) -> int:
         if early is not None:
             early.close()
     _print_status(args, status, "direct")
-    return _status_exit(status)
+    return _status_exit(status, transition=True)
 
 
 def _print_status(args: argparse.Namespace, status: HostStatus, source: str) -> None:
@@ -257,12 +270,16 @@ COMMANDS: tuple[Command, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="klpctl", description="Livepatch state, computed as the kernel will compute it."
+        prog="klpctl",
+        description="Livepatch state, computed as the kernel will compute it.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"klpctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(command.name, help=command.help, description=command.help, epilog=EXIT_CODES_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
         p.add_argument(
             "--root",
             default=None,
