@@ -50,6 +50,7 @@ class Command(NamedTuple):
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     json: bool = True  # prints a document: --json
+    root: bool = True  # reads a system: --root
 
 
 def _status_exit(status: HostStatus, *, transition: bool = False) -> int:
@@ -244,6 +245,33 @@ def _run_capture(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# -- completion, manpage -----------------------------------------------------------------------------------------
+
+
+def _configure_completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", metavar="SHELL", choices=("bash", "zsh"), help="the shell to complete in")
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    from klpd.outputs import cli_docs
+
+    program = cli_docs.describe(build_parser())
+    script = cli_docs.bash_completion(program) if args.shell == "bash" else cli_docs.zsh_completion(program)
+    print(script, end="")
+    return ExitCode.OK
+
+
+def _configure_manpage(p: argparse.ArgumentParser) -> None:
+    del p  # no options: the page goes to stdout (klpctl manpage > klpctl.1)
+
+
+def _run_manpage(args: argparse.Namespace) -> int:
+    from klpd.outputs import cli_docs
+
+    print(cli_docs.manpage(cli_docs.describe(build_parser()), __version__), end="")
+    return ExitCode.OK
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "inspect",
@@ -265,6 +293,17 @@ COMMANDS: tuple[Command, ...] = (
         _run_capture,
         json=False,
     ),
+    Command(
+        "completion",
+        "print the shell completion script for SHELL (bash: source it; zsh: install it as _klpctl in $fpath)",
+        _configure_completion,
+        _run_completion,
+        json=False,
+        root=False,
+    ),
+    Command(
+        "manpage", "print the klpctl(1) manual page (roff)", _configure_manpage, _run_manpage, json=False, root=False
+    ),
 )
 
 
@@ -280,13 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help, epilog=EXIT_CODES_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        p.add_argument(
-            "--root",
-            default=None,
-            metavar="DIR",
-            help="read the system from DIR instead of / (a fixture tree, a copy of a host, or an archive klpctl"
-            " capture wrote); status then computes in this process unless --socket names a daemon",
-        )
+        if command.root:
+            p.add_argument(
+                "--root",
+                default=None,
+                metavar="DIR",
+                help="read the system from DIR instead of / (a fixture tree, a copy of a host, or an archive klpctl"
+                " capture wrote); status then computes in this process unless --socket names a daemon",
+            )
         if command.json:
             p.add_argument("--json", action="store_true", help="print the versioned JSON document")
         command.configure(p)
