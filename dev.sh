@@ -46,7 +46,7 @@ pip_install() {
 # Debian's packages of klpd's runtime dependencies and of the test tools (bookworm's pyelftools is 0.29,
 # hypothesis 6.67, pytest 7.2: the floors pyproject.toml declares).
 DEBIAN_PYTHON=(python3-pyelftools python3-pyudev python3-prometheus-client python3-systemd python3-zstandard
-    python3-pytest python3-hypothesis)
+    python3-pytest python3-hypothesis python3-yaml)
 
 setup() {
     local extra=${1:-}

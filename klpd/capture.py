@@ -33,6 +33,7 @@ from klpd.collect import evaluate_host
 from klpd.errors import UsageError
 from klpd.model import HostStatus
 from klpd.outputs.json import status_document
+from klpd.outputs.text import escape
 from klpd.regular_file import read_regular
 from klpd.root import PROBE_EVENT, SystemRoot
 from klpd.transition_tasks import with_tasks
@@ -274,6 +275,30 @@ def capture(root: SystemRoot, out: Path, attempts: int = 2,
             if staging.exists():
                 shutil.rmtree(staging)
     raise AssertionError("unreachable: attempts >= 1")  # pragma: no cover
+
+
+NOT_ROOT = (
+    "warning: not root: /proc/kallsyms shows every address as 0 and some files (the tasks' patch_state,"
+    " /proc/<pid>/stack, 0400 attributes) cannot be read; the capture shows what this user sees, not what root sees"
+)
+
+
+def retry_note(first: Capture) -> str:
+    return f"the host changed while it was copied ({first.difference}); copying again"
+
+
+def notes(result: Capture, out: str) -> list[str]:
+    """What klpctl capture tells its user: each file left out, what the copy cannot show, where it went."""
+    lines = [f"skipped {escape(s.host)}: {escape(s.reason)}" for s in result.skipped]
+    if not result.status.kallsyms_addresses_visible:
+        lines.append("warning: the captured /proc/kallsyms shows no addresses: which objects' symbols are resolved"
+                     " cannot be told from it")  # fmt: skip
+    if result.reproduced:
+        lines.append(f"captured to {escape(out)}")
+    else:
+        lines.append(f"{escape(out)}: its status differs from this host's at {result.difference} (the host changed"
+                     " while it was copied, twice); the copy is kept")  # fmt: skip
+    return lines
 
 
 def unpack(archive: Path, into: Path) -> None:

@@ -44,12 +44,15 @@ EXIT_CODES_HELP = """exit status:
      only because of it, EBUSY, is not counted): run again once it ends"""
 
 
+FORMATS = ("text", "json", "yaml")
+
+
 class Command(NamedTuple):
     name: str
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
-    json: bool = True  # prints a document: --json
+    json: bool = True  # prints a document: --format, --json
     root: bool = True  # reads a system: --root
 
 
@@ -64,6 +67,17 @@ def _status_exit(status: HostStatus, *, transition: bool = False) -> int:
     if undetermined(status):
         return ExitCode.UNDETERMINED
     return ExitCode.TRANSITION if busy else ExitCode.OK
+
+
+def _dumps(args: argparse.Namespace, doc: dict[str, object]) -> str:
+    """The document as --format asks: JSON, or the same data as YAML."""
+    if args.format == "yaml":
+        from klpd.outputs import yaml as yaml_out
+
+        return yaml_out.dumps(doc)
+    from klpd.outputs import json as json_out
+
+    return json_out.dumps(doc)
 
 
 def _root(args: argparse.Namespace) -> SystemRoot:
@@ -114,8 +128,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
             modules.append(module)
         if problem is not None:
             problems.append(problem)
-    if args.json:
-        print(json_out.dumps(json_out.inspect_document(modules, problems)), end="")
+    if args.format != "text":
+        print(_dumps(args, json_out.inspect_document(modules, problems)), end="")
     else:
         print(text_out.render_inspect(modules, problems, relocations=not args.no_relocations), end="")
     bad = problems or any(x.severity is Severity.ERROR for m in modules for x in m.problems)
@@ -177,8 +191,8 @@ def _run_status(args: argparse.Namespace) -> int:
             print(f"klpctl: no klpd daemon answers on {text_out.escape(socket_path)} ({reason}); computing directly",
                   file=sys.stderr)  # fmt: skip
         else:
-            if args.json:
-                print(json_out.dumps(doc), end="")
+            if args.format != "text":
+                print(_dumps(args, doc), end="")
             else:
                 print(text_out.render_status(status, args.verbose), end="")
                 print(text_out.render_daemon(doc.get("daemon") or {}), end="")
@@ -203,8 +217,8 @@ def _print_status(args: argparse.Namespace, status: HostStatus, source: str) -> 
     from klpd.outputs import json as json_out
     from klpd.outputs import text as text_out
 
-    if args.json:
-        print(json_out.dumps(json_out.status_document(status, source)), end="")
+    if args.format != "text":
+        print(_dumps(args, json_out.status_document(status, source)), end="")
     else:
         print(text_out.render_status(status, getattr(args, "verbose", False)), end="")
 
@@ -219,30 +233,18 @@ def _configure_capture(p: argparse.ArgumentParser) -> None:
 def _run_capture(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from klpd.capture import Capture, capture
-    from klpd.outputs.text import escape
+    from klpd import capture
+
+    def say(text: str) -> None:
+        print(f"klpctl: {text}", file=sys.stderr)
 
     root = _root(args)
     if root.is_live and os.geteuid() != 0:
-        print("klpctl: warning: not root: /proc/kallsyms shows every address as 0 and some files (the tasks'"
-              " patch_state, /proc/<pid>/stack, 0400 attributes) cannot be read; the capture shows what this user"
-              " sees, not what root sees", file=sys.stderr)  # fmt: skip
-
-    def retrying(first: Capture) -> None:
-        print(f"klpctl: the host changed while it was copied ({first.difference}); copying again", file=sys.stderr)
-
-    result = capture(root, Path(args.out), on_retry=retrying)
-    for skipped in result.skipped:
-        print(f"klpctl: skipped {escape(skipped.host)}: {escape(skipped.reason)}", file=sys.stderr)
-    if not result.status.kallsyms_addresses_visible:
-        print("klpctl: warning: the captured /proc/kallsyms shows no addresses: which objects' symbols are resolved"
-              " cannot be told from it", file=sys.stderr)  # fmt: skip
-    if not result.reproduced:
-        print(f"klpctl: {escape(args.out)}: its status differs from this host's at {result.difference} (the host"
-              " changed while it was copied, twice); the copy is kept", file=sys.stderr)  # fmt: skip
-        return ExitCode.UNDETERMINED
-    print(f"klpctl: captured to {escape(args.out)}", file=sys.stderr)
-    return ExitCode.OK
+        say(capture.NOT_ROOT)
+    result = capture.capture(root, Path(args.out), on_retry=lambda first: say(capture.retry_note(first)))
+    for note in capture.notes(result, args.out):
+        say(note)
+    return ExitCode.OK if result.reproduced else ExitCode.UNDETERMINED
 
 
 # -- completion, manpage -----------------------------------------------------------------------------------------
@@ -328,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                 " capture wrote); status then computes in this process unless --socket names a daemon",
             )
         if command.json:
-            p.add_argument("--json", action="store_true", help="print the versioned JSON document")
+            p.add_argument("--format", choices=FORMATS, default="text",
+                           help="text (the default), json (the versioned document) or yaml (the same document)")
+            p.add_argument("--json", dest="format", action="store_const", const="json", help="as --format json")
         command.configure(p)
         p.set_defaults(run=command.run)
     return parser

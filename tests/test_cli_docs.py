@@ -68,6 +68,7 @@ def test_bash_completes_commands_options_and_values(
     assert bash_complete(script, "klpctl status --d") == ["--direct"]
     assert bash_complete(script, "klpctl --json status -") == sorted(parser_words()["status"])
     assert bash_complete(script, "klpctl completion ") == ["bash", "zsh"]
+    assert bash_complete(script, "klpctl inspect --format ") == ["json", "text", "yaml"]
     (tmp_path / "capture.tar.gz").write_text("")
     monkeypatch.chdir(tmp_path)
     assert bash_complete(script, "klpctl status --root cap") == ["capture.tar.gz"]
