@@ -240,10 +240,13 @@ def _publish(staging: Path, out: Path) -> None:
         staging.rename(out)
         return
     partial = out.with_name(out.name + ".partial")
-    with tarfile.open(partial, "w" if out.name.endswith(".tar") else "w:gz") as tar:
-        for child in sorted(staging.iterdir()):
-            tar.add(child, arcname=child.name, filter=_owned_by_root)
-    partial.rename(out)
+    try:
+        with tarfile.open(partial, "w" if out.name.endswith(".tar") else "w:gz") as tar:
+            for child in sorted(staging.iterdir()):
+                tar.add(child, arcname=child.name, filter=_owned_by_root)
+        partial.rename(out)
+    finally:
+        partial.unlink(missing_ok=True)  # a full disk: no half archive left under a name that looks finished
 
 
 def check_output(out: Path) -> None:

@@ -132,9 +132,42 @@ def test_hidden_addresses_and_non_root_are_warned(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     main(["capture", str(tmp_path / "live.tar")])  # this machine, as a user
     assert "warning: not root: /proc/kallsyms shows every address as 0" in capsys.readouterr().err
+    # Under / the code klpd imports while it computes is under the root too: none of it is taken for a system file.
+    names = captured_names(tmp_path / "live.tar")
+    assert "/proc/kallsyms" in names and not [n for n in names if n.endswith((".py", ".pyc", ".so"))]
+    assert {n.split("/")[1] for n in names} <= {"proc", "sys", "lib", "boot", "var", "usr"}, names
 
 
 def test_a_root_archive_that_is_not_one_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "x.tar.gz").write_bytes(b"not gzip")
     assert main(["status", "--root", str(tmp_path / "x.tar.gz")]) == ExitCode.USAGE
     assert "not a readable capture archive" in capsys.readouterr().err
+
+
+def test_a_capture_answers_as_the_daemon_but_for_what_only_a_daemon_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`klpctl status` on a host with klpd running is the daemon's answer. The capture's equals it but for what
+    only a daemon says: `source`, its `daemon` object, the host's identity (hostname, machine-id, boot id: not
+    read by status, so not captured) and each patch's `tasks` (the daemon keeps its own account)."""
+    from test_daemon_main import Daemon, klpctl
+
+    daemon = Daemon(tmp_path)
+    try:
+        asked = klpctl("status", "--socket", str(daemon.socket), "--json")
+    finally:
+        daemon.stop()
+    via_daemon = json.loads(asked.stdout)
+    assert via_daemon["source"] == "daemon"
+    assert main(["capture", "--root", str(daemon.host.path), str(tmp_path / "c.tar.gz")]) == ExitCode.OK
+    code, captured = status_of(tmp_path / "c.tar.gz", capsys)
+    assert code == asked.returncode
+    only_daemon = {"hostname", "machine_id", "boot_id"}
+    assert only_daemon <= set(via_daemon["host"]) and not only_daemon & set(captured["host"])
+    for doc in (via_daemon, captured):
+        del doc["source"]
+        doc.pop("daemon", None)
+        doc["host"] = {k: v for k, v in doc["host"].items() if k not in only_daemon}
+        for p in doc["patches"]:
+            del p["tasks"]
+    assert captured == via_daemon

@@ -190,6 +190,9 @@ def test_a_capture_answers_as_the_guest(runs, case, status_step, tmp_path, capsy
         names = set(tar.getnames())
     patch = "test_klp_livepatch" if case == "stacked" else "test_klp_callbacks_demo"
     assert {"proc/kallsyms", "proc/modules", f"sys/kernel/livepatch/{patch}/enabled"} <= names
+    # klpctl runs from the host's tree the guest sees under /: its own code is not taken for a system file
+    assert {n.split("/")[0] for n in names} <= {"proc", "sys", "lib", "boot", "var", "usr"}, sorted(names)
+    assert not [n for n in names if n.endswith((".py", ".pyc", ".so"))]
     with tarfile.open(archive) as tar:  # proc/cmdline may be there, empty: a name in the listing of /proc
         private = {m.name: m.size for m in tar.getmembers() if m.name.endswith(("environ", "cmdline", "maps"))}
     assert set(private.values()) <= {0} and not [n for n in private if n.count("/") > 1], private
