@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
 
@@ -304,8 +304,22 @@ def notes(result: Capture, out: str) -> list[str]:
     return lines
 
 
+def _member_ok(member: tarfile.TarInfo) -> bool:
+    """What klpctl capture writes: files, directories and hard links, by relative names that stay inside."""
+    names = [member.name, member.linkname] if member.islnk() else [member.name]
+    inside = all(not n.startswith("/") and ".." not in PurePosixPath(n).parts for n in names)
+    return inside and (member.isreg() or member.isdir() or member.islnk())
+
+
 def unpack(archive: Path, into: Path) -> None:
-    """Extract a capture archive for ``--root``: the "data" filter refuses links out of ``into``, devices and
-    absolute names, as from any archive of unknown origin."""
+    """Extract a capture archive for ``--root``; TarError for a member no capture holds (a symlink, a device, a name
+    leading out of ``into``), before anything is written: an archive of unknown origin is not trusted."""
     with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
+        members = tar.getmembers()
+        bad = [m.name for m in members if not _member_ok(m)]
+        if bad:
+            raise tarfile.TarError(f"{bad[0]}: not a file or directory inside the archive")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: its own check too
+            tar.extractall(into, members, filter="data")
+        else:  # Debian 12's 3.11.2: the members were checked above
+            tar.extractall(into, members)

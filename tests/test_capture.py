@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -171,3 +172,18 @@ def test_a_capture_answers_as_the_daemon_but_for_what_only_a_daemon_says(
         for p in doc["patches"]:
             del p["tasks"]
     assert captured == via_daemon
+
+
+@pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
+def test_an_archive_leading_out_of_its_directory_is_refused(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        member = tarfile.TarInfo({"parent": "../escaped", "absolute": "/tmp/escaped", "symlink": "proc"}[kind])
+        if kind == "symlink":  # proc -> / would have status read this machine's files for the archive's
+            member.type, member.linkname = tarfile.SYMTYPE, "/"
+        tar.addfile(member, None if kind == "symlink" else io.BytesIO(b""))
+    assert main(["status", "--root", str(archive)]) == ExitCode.USAGE
+    assert "not a readable capture archive" in capsys.readouterr().err
+    assert not (tmp_path / "escaped").exists()
