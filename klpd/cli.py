@@ -241,7 +241,13 @@ def _run_capture(args: argparse.Namespace) -> int:
     root = _root(args)
     if root.is_live and os.geteuid() != 0:
         say(capture.NOT_ROOT)
-    result = capture.capture(root, Path(args.out), on_retry=lambda first: say(capture.retry_note(first)))
+    try:
+        result = capture.capture(root, Path(args.out), on_retry=lambda first: say(capture.retry_note(first)))
+    except OSError as exc:  # a full disk, a directory that cannot be written: nothing usable was left
+        from klpd.outputs.text import escape
+
+        say(f"cannot write {escape(args.out)}: {escape(exc.strerror or str(exc))}")
+        return ExitCode.UNDETERMINED
     for note in capture.notes(result, args.out):
         say(note)
     return ExitCode.OK if result.reproduced else ExitCode.UNDETERMINED

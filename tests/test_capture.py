@@ -187,3 +187,20 @@ def test_an_archive_leading_out_of_its_directory_is_refused(
     assert main(["status", "--root", str(archive)]) == ExitCode.USAGE
     assert "not a readable capture archive" in capsys.readouterr().err
     assert not (tmp_path / "escaped").exists()
+
+
+def test_a_capture_that_cannot_be_written_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fx = host(tmp_path / "host")
+    real_write = Path.write_bytes
+
+    def disk_full(self: Path, data: bytes) -> int:
+        if "proc" in self.parts:
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    assert main(["capture", "--root", str(fx.path), str(tmp_path / "c.tar.gz")]) == ExitCode.UNDETERMINED
+    assert f"klpctl: cannot write {tmp_path / 'c.tar.gz'}: No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host"]  # no staging directory, no half archive
