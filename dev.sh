@@ -46,7 +46,7 @@ pip_install() {
 # Debian's packages of klpd's runtime dependencies and of the test tools (bookworm's pyelftools is 0.29,
 # hypothesis 6.67, pytest 7.2: the floors pyproject.toml declares).
 DEBIAN_PYTHON=(python3-pyelftools python3-pyudev python3-prometheus-client python3-systemd python3-zstandard
-    python3-pytest python3-hypothesis)
+    python3-pytest python3-hypothesis python3-yaml)
 
 setup() {
     local extra=${1:-}
@@ -59,6 +59,8 @@ setup() {
         # curl and jq ask the daemon there).
         apt_install "the test tools and the QEMU suite" prometheus systemd udev openssl qemu-system-x86 \
             busybox-static cpio kmod xz-utils zstd patchelf make bc curl jq
+        # klpctl's generated completion and man page are run by the shells and groff that will read them.
+        apt_install "the shells and groff for klpctl's completion and man page" bash zsh groff-base
         # The Debian package (tests/test_debian_package.py builds it with dpkg-buildpackage and runs what it
         # installs on Debian's python3 and python3-* packages).
         apt_install "the Debian package and the suite on Debian's Python" dpkg-dev debhelper dh-python python3-all \

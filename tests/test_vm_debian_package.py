@@ -19,6 +19,11 @@ from vm.kernel import cache_dir
 pytestmark = pytest.mark.vm
 
 
+# What bash completes for "klpctl sta" with the completion the package installed.
+COMPLETE_STA = """'source /usr/share/bash-completion/completions/klpctl; COMP_WORDS=(klpctl sta); COMP_CWORD=1; _klpctl
+echo "${COMPREPLY[@]}"'"""
+
+
 def script(deb) -> str:
     return rf"""
 # The build container's policy-rc.d forbids starting services (exit 101); a host has none, and this guest's root
@@ -30,6 +35,8 @@ step active systemctl is-active klpd
 step show systemctl show klpd -p User -p ExecMainPID -p StatusText
 step metrics curl -sf --max-time 10 http://127.0.0.1:{PORT}/metrics
 step status /usr/bin/klpctl status --json
+step manpage man -w klpctl
+step completion bash -c {COMPLETE_STA}
 step remove dpkg -r klpd
 step inactive systemctl is-active klpd
 journalctl -u klpd -o cat --no-pager > $KLPVM_OUT/klpd.log
@@ -68,6 +75,12 @@ def test_the_installed_service_answers(result):
     assert status.rc in (0, 1), status.err  # 1: the guest kernel's own state may have problems; never 2 or 3
     doc = status.json()
     assert doc["source"] == "daemon" and doc["schema"] == "klpd.status/1", doc.get("source")
+
+
+def test_the_man_page_and_bash_completion_are_installed(result):
+    assert result.step("manpage").out.strip() == "/usr/share/man/man1/klpctl.1.gz", result.step("manpage").err
+    completion = result.step("completion")
+    assert completion.out.strip() == "status", completion.err
 
 
 def test_removing_the_package_stops_the_service(result):
