@@ -31,7 +31,7 @@ from .apt import PrivateApt
 from .errors import HarnessError, run
 from .harness import Environment
 from .kernel import KernelImage, cache_dir, lock_path, locked
-from .modules import pick_symbols
+from .modules import candidates
 from .series import SERIES
 
 SOURCES = Path(__file__).resolve().parent / "hook_modules"
@@ -67,9 +67,31 @@ def cases(tool: str) -> list[str]:
     return [n for n in names if n not in SECOND_PARTS.values()]
 
 
-def _symbols_header(kallsyms: str) -> tuple[str, str]:
+def _filter_functions(env: Environment) -> str:
+    """The guest's available_filter_functions, read once per kernel and cached beside its kallsyms."""
+    path = env.kernel.base / "available_filter_functions"
+    if not path.exists():
+        tracing = "/sys/kernel/tracing"
+        script = f"mount -t tracefs nodev {tracing} && cat {tracing}/available_filter_functions > $KLPVM_OUT/f"
+        result = env.vm().run(script, timeout=300)
+        if result.exit_code != 0 or "f" not in result.files:
+            raise HarnessError(f"could not read the guest's available_filter_functions:\n{result.stderr}")
+        path.write_bytes(result.files["f"])
+    return path.read_text()
+
+
+def traceable_duplicate(kallsyms: str, filter_functions: str) -> str:
+    """The first static text function name kallsyms lists exactly twice whose two copies ftrace can both patch
+    (pick_symbols' candidates, less those without two ftrace records: 7.2's first, acomp_request_free, has none)."""
+    records = Counter(line.split()[0] for line in filter_functions.splitlines() if line and "[" not in line)
+    for name in candidates(kallsyms)[1]:
+        if records[name] == 2:
+            return name
+    raise HarnessError("no vmlinux function name is listed twice in kallsyms and traceable at both copies")
+
+
+def _symbols_header(kallsyms: str, dup: str) -> str:
     """klpvm_hook_symbols.h: the duplicated name (string and identifier) and the kallsyms addresses kpatch records."""
-    dup = pick_symbols(kallsyms).duplicated
     entries = [line.split() for line in kallsyms.splitlines()]
     addresses: dict[str, list[str]] = {}
     for e in entries:
@@ -84,7 +106,7 @@ def _symbols_header(kallsyms: str) -> tuple[str, str]:
         "KLPVM_DUP_ADDR2": f"0x{addresses[dup][1]}UL",
         "KLPVM_CMDLINE_ADDR": f"0x{addresses['cmdline_proc_show'][0]}UL",
     }
-    return "".join(f"#define {k} {v}\n" for k, v in lines.items()), dup
+    return "".join(f"#define {k} {v}\n" for k, v in lines.items())
 
 
 def _extracted(deb: Path, dest: Path, members: list[str]) -> Path:
@@ -153,8 +175,11 @@ def build(env: Environment) -> HookModules:
     tool = tool_for(kernel)
     if tool is None:
         raise HarnessError(f"no patch tool's hook is proven on {kernel.release}")
-    header, dup = _symbols_header((kernel.base / "kallsyms").read_text())
     cache = cache_dir()
+    kallsyms = (kernel.base / "kallsyms").read_text()
+    with locked(lock_path(cache)):
+        dup = traceable_duplicate(kallsyms, _filter_functions(env))
+    header = _symbols_header(kallsyms, dup)
     tree, provenance = _kpatch_tree(cache) if tool == KPATCH else _klp_build_tree(kernel)
     tool_files = sorted((tree / KPATCH_PATCH_DIR).iterdir()) if tool == KPATCH else [tree / _INIT_C]
     h = hashlib.sha256(f"{kernel.release} {kernel.version} {provenance}\n{header}".encode())
