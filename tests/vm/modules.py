@@ -47,8 +47,7 @@ class Symbols:
     duplicated: str  # a static text function name that occurs exactly twice
 
 
-def candidates(kallsyms: str) -> tuple[list[str], list[str]]:
-    """The static text function names kallsyms lists once, and those it lists exactly twice, each sorted."""
+def pick_symbols(kallsyms: str) -> Symbols:
     entries = [line.split() for line in kallsyms.splitlines()]
     vmlinux = [(int(e[0], 16), e[1], e[2]) for e in entries if len(e) == 3]
     addr = {name: a for a, _, name in vmlinux}
@@ -60,11 +59,6 @@ def candidates(kallsyms: str) -> tuple[list[str], list[str]]:
             in_text[name] += 1
     unique = sorted(n for n, c in in_text.items() if c == 1 and count[n] == 1)
     duplicated = sorted(n for n, c in in_text.items() if c == 2 and count[n] == 2)
-    return unique, duplicated
-
-
-def pick_symbols(kallsyms: str) -> Symbols:
-    unique, duplicated = candidates(kallsyms)
     if not unique or not duplicated:
         raise ValueError("no suitable vmlinux symbols in the guest's /proc/kallsyms")
     return Symbols(unique[0], duplicated[0])

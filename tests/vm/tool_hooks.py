@@ -31,7 +31,6 @@ from .apt import PrivateApt
 from .errors import HarnessError, run
 from .harness import Environment
 from .kernel import KernelImage, cache_dir, lock_path, locked
-from .modules import candidates
 from .series import SERIES
 
 SOURCES = Path(__file__).resolve().parent / "hook_modules"
@@ -82,9 +81,18 @@ def _filter_functions(env: Environment) -> str:
 
 def traceable_duplicate(kallsyms: str, filter_functions: str) -> str:
     """The first static text function name kallsyms lists exactly twice whose two copies ftrace can both patch
-    (pick_symbols' candidates, less those without two ftrace records: 7.2's first, acomp_request_free, has none)."""
+    (as modules.pick_symbols' duplicated, less those without two ftrace records: 7.2's first, acomp_request_free,
+    has none)."""
+    vmlinux = [(int(e[0], 16), e[1], e[2]) for e in (line.split() for line in kallsyms.splitlines()) if len(e) == 3]
+    addr = {name: a for a, _, name in vmlinux}
+    count = Counter(name for _, _, name in vmlinux)
+    in_text = Counter(
+        name
+        for a, kind, name in vmlinux
+        if kind == "t" and addr["_stext"] <= a < addr["_etext"] and re.fullmatch(r"[a-z][a-z0-9_]*", name)
+    )
     records = Counter(line.split()[0] for line in filter_functions.splitlines() if line and "[" not in line)
-    for name in candidates(kallsyms)[1]:
+    for name in sorted(n for n, c in in_text.items() if c == 2 and count[n] == 2):
         if records[name] == 2:
             return name
     raise HarnessError("no vmlinux function name is listed twice in kallsyms and traceable at both copies")
