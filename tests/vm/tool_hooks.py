@@ -151,11 +151,13 @@ _INIT_C = "scripts/livepatch/init.c"
 
 
 def _klp_build_tree(kernel: KernelImage) -> tuple[Path, str]:
-    """The guest kernel's own klp-build init code: scripts/livepatch/init.c of linux-source of the same version."""
-    dest = kernel.base / "klp-build-source"
+    """The guest kernel's own klp-build init code: scripts/livepatch/init.c of linux-source of the same version,
+    extracted with the kernel's livepatch sources (kernel.py), or on its own for a cache made before that."""
     package = "linux-source-" + ".".join(kernel.release.split(".")[:2])
-    if (dest / _INIT_C).exists():
-        return dest, f"{package} {kernel.version}"
+    for dest in (kernel.source, kernel.base / "klp-build-source"):
+        if (dest / _INIT_C).exists():
+            return dest, f"{package} {kernel.version}"
+    dest = kernel.base / "klp-build-source"
     series = SERIES[kernel.series]
     apt = PrivateApt(cache_dir() / "kernels" / f"apt-{series.name}", series.suites)
     debs = kernel.base / "klp-build-debs"
@@ -166,10 +168,8 @@ def _klp_build_tree(kernel: KernelImage) -> tuple[Path, str]:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    # Stream two small files out of the 160 MB tarball; klp-diff.c is kept to read what the init code expects.
-    script = ('dpkg-deb --fsys-tarfile "$1" | tar -xO "$2" | tar -xJ -C "$3" --strip-components=1 --wildcards '
-              f'"*/{_INIT_C}" "*/tools/objtool/klp-diff.c"')  # fmt: skip
-    run(["bash", "-c", script, "extract", deb, tarball.group(1), tmp])
+    script = 'dpkg-deb --fsys-tarfile "$1" | tar -xO "$2" | tar -xJ -C "$3" --strip-components=1 --wildcards "$4"'
+    run(["bash", "-c", script, "extract", deb, tarball.group(1), tmp, f"*/{_INIT_C}"])
     if not (tmp / _INIT_C).exists():
         raise HarnessError(f"{deb.name} has no {_INIT_C}")
     tmp.rename(dest)
