@@ -69,7 +69,8 @@ def _needs_tool(case: str) -> None:
     """Skip a case whose tool is proven on another kernel than this session's (it would build nothing here)."""
     tool, series = TOOL[case], tool_hooks.TOOLS[TOOL[case]][0]
     if _session_tool() != tool:
-        pytest.skip(f"{tool}'s hook runs on the {series} kernel; this session boots {selected()[0].name}")
+        pytest.skip(f"{tool}'s hook is proven on the {series} kernel series only; this session boots the "
+                    f"{selected()[0].name} series (KLPD_VM_KERNEL)")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
