@@ -46,7 +46,7 @@ pip_install() {
 # Debian's packages of klpd's runtime dependencies and of the test tools (bookworm's pyelftools is 0.29,
 # hypothesis 6.67, pytest 7.2: the floors pyproject.toml declares).
 DEBIAN_PYTHON=(python3-pyelftools python3-pyudev python3-prometheus-client python3-systemd python3-zstandard
-    python3-pytest python3-hypothesis)
+    python3-pytest python3-hypothesis python3-yaml)
 
 setup() {
     local extra=${1:-}
@@ -62,6 +62,8 @@ setup() {
         # mmdebstrap: the fresh bookworm and trixie roots tests/test_vm_debian_package.py installs the .deb in
         # (tests/vm/rootfs.py; Debian's archive named on its command line, the machine's apt sources untouched).
         apt_install "the fresh Debian roots of the QEMU suite" mmdebstrap
+        # klpctl's generated completion and man page are run by the shells and groff that will read them.
+        apt_install "the shells and groff for klpctl's completion and man page" bash zsh groff-base
         # The Debian package (tests/test_debian_package.py builds it with dpkg-buildpackage and runs what it
         # installs on Debian's python3 and python3-* packages).
         apt_install "the Debian package and the suite on Debian's Python" dpkg-dev debhelper dh-python python3-all \

@@ -111,12 +111,14 @@ NO_FTRACE_LOCATION = KernelMessage("failed to find location for function '{name}
 PATCH_OBJECT_FAILED = KernelMessage("failed to patch object '{object}'")  # __klp_enable_patch()
 ENABLE_FAILED = KernelMessage("failed to enable patch '{patch}'")  # __klp_enable_patch()
 APPLY_TO_MODULE_FAILED = KernelMessage("failed to apply patch '{patch}' to module '{module}' ({errno})")
-# lib/kobject.c kobject_add_internal() (no pr_fmt): two objects, or two functions of one object, with one sysfs name.
-KOBJECT_EXISTS = KernelMessage(
+# lib/kobject.c kobject_add_internal(): two objects, or two functions of one object, with one sysfs name. Without
+# pr_fmt up to 6.3, "kobject: " since (see kobject_exists()).
+_KOBJECT_EXISTS_TEXT = (
     "kobject_add_internal failed for {name} with -EEXIST, don't try to register things with the same name in the"
-    " same directory.",
-    prefix="",
+    " same directory."
 )
+KOBJECT_EXISTS = KernelMessage(_KOBJECT_EXISTS_TEXT, prefix="")
+KOBJECT_EXISTS_PREFIXED = KernelMessage(_KOBJECT_EXISTS_TEXT, prefix="kobject: ")
 
 # --- kernel/livepatch/transition.c -------------------------------------------------------------------------------
 TRANSITION_INIT = KernelMessage("'{patch}': initializing {action} transition")  # pr_debug
@@ -129,6 +131,12 @@ FORCING = KernelMessage("forcing remaining tasks to the patched state")
 LIVEPATCH_DISABLED = KernelMessage(
     "{module}: module is marked as livepatch module, but livepatch support is disabled", prefix=""
 )
+
+
+def kobject_exists(semantics: KernelSemantics, name: str) -> str:
+    """kobject_add_internal()'s message for a second sysfs directory of one name."""
+    message = KOBJECT_EXISTS_PREFIXED if semantics.kobject_messages_prefixed else KOBJECT_EXISTS
+    return message.format(name=name)
 
 
 def not_livepatch_symbol(semantics: KernelSemantics, symbol: str, symtab_section: int, relocation: int) -> str:

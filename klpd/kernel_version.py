@@ -7,8 +7,10 @@ comes from (``../shared/reference/kernel-checks.md`` §4). A release newer than 
 newest rules, and one older than the oldest with the oldest; both say so as a problem, as does a release klpd cannot
 read a version from.
 
-Consulted so far: the symbol-name width (``ksym_name_max``), the "not marked as a livepatch symbol" variant and
-whether a patched module removed and loaded again is refused (``clears_relocs_on_module_removal``).
+Consulted so far: the symbol-name width (``ksym_name_max``), the "not marked as a livepatch symbol" variant,
+whether a patched module removed and loaded again is refused (``clears_relocs_on_module_removal``) and the errno
+insmod sees when the patch's init returns -EEXIST (``init_eexist_becomes_ebusy``) and the prefix of kobject's
+messages (``kobject_messages_prefixed``).
 The other fields record what the checked trees showed, for the verdicts that need them (the module loader's checks,
 a patched module's reload, the sysfs attributes each kernel creates); they are not consulted yet.
 """
@@ -65,6 +67,11 @@ class KernelSemantics:
     # elf_validity_cache_index_mod(): .gnu.linkonce.this_module must be sizeof(struct module)
     checks_this_module_size: bool
     vermagic_preempt: VermagicPreempt
+    # do_init_module(): an init that returns -EEXIST (klp_enable_patch() on a duplicate sysfs name) reaches insmod
+    # as -EBUSY, EEXIST being reserved for "a module of this name is loaded"
+    init_eexist_becomes_ebusy: bool
+    # lib/kobject.c has pr_fmt "kobject: " (kobject_add_internal()'s "failed for %s with -EEXIST" line)
+    kobject_messages_prefixed: bool
     problems: tuple[Problem, ...] = ()  # why these rules may not be the host's (release unknown or out of range)
 
 
@@ -84,6 +91,8 @@ _TABLE: tuple[KernelSemantics, ...] = (
         ftrace_location_maps_sym0=False,  # the identity on x86 (klp_get_ftrace_location())
         checks_this_module_size=False,
         vermagic_preempt=VermagicPreempt.PREEMPT,
+        init_eexist_becomes_ebusy=False,
+        kobject_messages_prefixed=False,
     ),
 )
 
@@ -116,6 +125,9 @@ def _build_table() -> tuple[KernelSemantics, ...]:
     # and loaded again is refused ("Skipping invalid relocation target, existing value is nonzero"; seen on 6.1).
     # clear_relocate_add() is absent in 6.2 and present in 6.5 (DepSurf's index of Ubuntu kernels) [I: 6.3].
     t.append(_entry(t[-1], (6, 3), clears_relocs_on_module_removal=True))
+    # "kobject: define common logging prefix" (posted March 2023, the 6.4 cycle): 6.1 prints kobject_add_internal()'s
+    # line bare, 7.2 with "kobject: " [I: 6.4].
+    t.append(_entry(t[-1], (6, 4), kobject_messages_prefixed=True))
     # "livepatch: Add "replace" sysfs attribute" (6.11, Documentation/ABI/testing/sysfs-kernel-livepatch)
     t.append(_entry(t[-1], (6, 11), sysfs_replace=True))
     # The this_module size check ("... section size must match the kernel's built struct module size at run time")
@@ -128,6 +140,10 @@ def _build_table() -> tuple[KernelSemantics, ...]:
     t.append(_entry(t[-1], (6, 19), not_livepatch_symbol_names_position=True))
     # vermagic.h tests CONFIG_PREEMPT_RT before CONFIG_PREEMPT_BUILD (7.2) [I: between 6.12 and 7.2].
     t.append(_entry(t[-1], (7, 0), vermagic_preempt=VermagicPreempt.RT_FIRST))
+    # 743f8cae549a "module: Override -EEXIST module return" (7.1 merge window; 7.2 refuses a klp-build patch with
+    # two vmlinux objects with "Device or resource busy", 6.1 a static one with "File exists"). Offered to the
+    # stable branches back to 5.15, so an older kernel's point release may carry it: klpd cannot tell.
+    t.append(_entry(t[-1], (7, 1), init_eexist_becomes_ebusy=True))
     return tuple(t)
 
 

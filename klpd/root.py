@@ -7,6 +7,7 @@ release included (``proc/sys/kernel/osrelease``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ DEFAULT_PATCH_DIRS: tuple[str, ...] = (
     "/lib/modules/{release}/extra",
     "/lib/modules/{release}/updates",
 )
+
+# The audit event (PEP 578) of a look at a path that opens nothing (whether an attribute exists): opens and
+# directory listings raise their own events. ``klpctl capture`` copies what these events name (klpd.capture).
+PROBE_EVENT = "klpd.probe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,11 @@ class HostPath:
     def child(self, name: str) -> HostPath:
         """The entry ``name`` inside this directory."""
         return HostPath(f"{self.host.rstrip('/')}/{name}", self.local / name)
+
+    def exists(self) -> bool:
+        """Whether there is anything at this path: told to audit hooks, as opens and listings are by Python."""
+        sys.audit(PROBE_EVENT, self.local)
+        return self.local.exists()
 
 
 @dataclass(frozen=True)

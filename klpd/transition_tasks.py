@@ -20,11 +20,14 @@ BLOCKING = "blocking"
 SLEEPING = "sleeping_in_replaced_function"
 
 
-def _blocking(root: SystemRoot, patch: PatchStatus) -> TaskReport:
+def _blocking(root: SystemRoot, patch: PatchStatus, details: bool) -> TaskReport:
     scan = scan_blocking_tasks(root, KLP_PATCHED if patch.enabled else KLP_UNPATCHED)
-    # what `klp blocking -vv` shows of each: the command line, and (root only) the kernel stack it sleeps in
+    # details (-v): what `klp blocking -vv` shows of each: the command line, and (root only) the kernel stack it
+    # sleeps in. Only when asked: a command line can carry secrets, and klpctl capture copies what status reads.
     tasks = tuple(
         TaskRef(t.pid, t.tid, t.comm, None, read_cmdline(root, t.pid), read_stack(root, t.pid, t.tid))
+        if details
+        else TaskRef(t.pid, t.tid, t.comm)
         for t in scan.tasks
     )
     if scan.scanned == 0:  # a copied tree has no tasks: "none blocking" would be a guess
@@ -50,14 +53,14 @@ def _sleeping(root: SystemRoot, patch: PatchStatus) -> TaskReport | None:
     return TaskReport(SLEEPING, True, scan.count, scan.tasks)
 
 
-def with_tasks(root: SystemRoot, status: HostStatus) -> HostStatus:
+def with_tasks(root: SystemRoot, status: HostStatus, *, details: bool = False) -> HostStatus:
     """``status`` with each patch's TaskReport: blocking tasks of a transition, or tasks in replaced functions of a
-    patch that is not loaded."""
+    patch that is not loaded; ``details``: each blocking task's command line and kernel stack too."""
     patches = []
     for patch in status.patches:
         report = None
         if patch.transition:
-            report = _blocking(root, patch)
+            report = _blocking(root, patch, details)
         elif not patch.loaded and patch.will_load:
             report = _sleeping(root, patch)
         patches.append(dataclasses.replace(patch, tasks=report) if report else patch)

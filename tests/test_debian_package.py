@@ -4,6 +4,7 @@ and what it installs runs: klpctl on /usr/bin/python3, the unit through `systemd
 
 from __future__ import annotations
 
+import gzip
 import re
 import shutil
 import subprocess
@@ -58,7 +59,8 @@ def test_the_package_holds_every_file_a_host_needs(deb):
                 "/usr/lib/sysusers.d/klpd.conf", "/etc/klpd/klpd.toml",
                 "/usr/share/klpd/prometheus/klpd-alerts.yml", "/usr/share/klpd/grafana/klpd-dashboard.json",
                 "/usr/share/klpd/prometheus/alertmanager-inhibit.example.yml", "/usr/share/doc/klpd/README.md",
-                "/usr/lib/python3/dist-packages/klpd/cli.py",
+                "/usr/lib/python3/dist-packages/klpd/cli/__init__.py", "/usr/share/man/man1/klpctl.1.gz",
+                "/usr/share/bash-completion/completions/klpctl", "/usr/share/zsh/vendor-completions/_klpctl",
                 "/usr/lib/python3/dist-packages/klpd/elf/reloc_tables.py"}  # fmt: skip
     assert expected - paths == set()
     assert not [p for p in paths if "/tests/" in p or p.endswith(".test.yml")], "test files were packaged"
@@ -99,6 +101,20 @@ def test_the_installed_klpctl_runs_on_debians_python(installed, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert f"kernel {RELEASE}" in run.stdout
+
+
+def test_the_man_page_and_completions_are_the_packaged_klpctls(installed):
+    """Generated at build time from the package's own parser: the same text its klpctl prints."""
+    env = {**DEBIAN_ENV, "PYTHONPATH": str(installed / "usr/lib/python3/dist-packages"), "PYTHONNOUSERSITE": "1"}
+
+    def klpctl(*args: str) -> str:
+        return subprocess.run(["/usr/bin/python3", str(installed / "usr/bin/klpctl"), *args], env=env,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+    man = gzip.decompress((installed / "usr/share/man/man1/klpctl.1.gz").read_bytes()).decode()
+    assert man == klpctl("manpage") and man.startswith(".TH KLPCTL 1 ")
+    assert (installed / "usr/share/bash-completion/completions/klpctl").read_text() == klpctl("completion", "bash")
+    assert (installed / "usr/share/zsh/vendor-completions/_klpctl").read_text() == klpctl("completion", "zsh")
 
 
 def test_the_runbook_the_alerts_link_is_installed_uncompressed(installed):

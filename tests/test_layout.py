@@ -42,9 +42,10 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
         {"klpd.collect", "klpd.installed", "klpd.transition_tasks", "klpd.outputs", "klpd.config", "klpd.api_client"}
     ),
+    frozenset({"klpd.capture"}),  # a copy of what the gathering reads
     frozenset({"klpd.cli", "klpd.daemon"}),  # the programs
 )
-_SUBPACKAGES = {"elf", "sources", "predict", "outputs", "daemon"}
+_SUBPACKAGES = {"elf", "sources", "predict", "outputs", "daemon", "cli"}
 
 
 def _modules() -> Iterator[tuple[str, Path]]:

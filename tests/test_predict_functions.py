@@ -170,6 +170,18 @@ def test_objects_or_functions_with_one_sysfs_name_fail_with_eexist() -> None:
     assert check(p, LoadCheckName.DESCRIPTION).kernel_message == msg.KOBJECT_EXISTS.format(name="unique_fn,1")
 
 
+def test_a_duplicate_reaches_insmod_as_ebusy_since_7_1_and_kobject_prefixes_its_line_since_6_4() -> None:
+    """do_init_module() turns init's -EEXIST into -EBUSY since 7.1, and lib/kobject.c has pr_fmt "kobject: " since
+    6.4 (VM: 7.2 refuses a klp-build patch with two vmlinux objects with "Device or resource busy" and a prefixed
+    line, 6.1 a static one with "File exists" and a bare line)."""
+    duplicate = desc(vmlinux(fn("unique_fn")), vmlinux(fn("dup_fn", 1)))
+    seen = []
+    for release in ("6.1.0-57-amd64", "6.4.0-1-amd64", "7.1.0-1-amd64", "7.2.13+deb14-amd64"):
+        described = check(judge(duplicate, traced(system(release=release))), LoadCheckName.DESCRIPTION)
+        seen.append((described.errno, described.kernel_message.split("kobject_add_internal")[0]))
+    assert seen == [("EEXIST", ""), ("EEXIST", "kobject: "), ("EBUSY", "kobject: "), ("EBUSY", "kobject: ")]
+
+
 def test_an_object_no_module_can_carry_loads_and_is_an_error() -> None:
     for name in ("dummy.ko", "my-mod", "vmlinux"):  # a NULL-named object beside "vmlinux" would be a duplicate
         p = judge(desc(ObjectDescription(name, (fn("f"),))))

@@ -28,8 +28,13 @@ DEPENDS = ("python3", "python3-pyelftools", "python3-pyudev", "python3-prometheu
            "python3-zstandard")  # fmt: skip
 
 
-# A fresh root: what the service and this test's script need besides the .deb's Depends (curl asks /metrics).
-FRESH = ("systemd", "systemd-sysv", "udev", "curl", *DEPENDS)
+# A fresh root: what the service and this test's script need besides the .deb's Depends (curl asks /metrics,
+# man-db finds the man page: a standard Debian install has it).
+FRESH = ("systemd", "systemd-sysv", "udev", "curl", "man-db", *DEPENDS)
+
+# What bash completes for "klpctl sta" with the completion the package installed.
+COMPLETE_STA = """'source /usr/share/bash-completion/completions/klpctl; COMP_WORDS=(klpctl sta); COMP_CWORD=1; _klpctl
+echo "${COMPREPLY[@]}"'"""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ step metrics curl -sf --max-time 10 http://127.0.0.1:{PORT}/metrics
 step status /usr/bin/klpctl status --json
 step reload systemctl reload klpd
 for i in $(seq 50); do journalctl -u klpd -o cat --no-pager | grep -q "configuration reloaded" && break; sleep 0.2; done
+step manpage man -w klpctl
+step completion bash -c {COMPLETE_STA}
 step remove dpkg -r klpd
 step inactive systemctl is-active klpd
 journalctl -u klpd -o cat --no-pager > $KLPVM_OUT/klpd.log
@@ -169,6 +176,13 @@ def test_the_service_reloads(result):
     reload = result.step("reload")
     assert reload.rc == 0, reload.err + result.text("klpd.log")[-3000:]
     assert "configuration reloaded" in result.text("klpd.log"), result.text("klpd.log")[-3000:]
+
+
+def test_the_man_page_and_bash_completion_are_installed(result):
+    result, _ = result
+    assert result.step("manpage").out.strip() == "/usr/share/man/man1/klpctl.1.gz", result.step("manpage").err
+    completion = result.step("completion")
+    assert completion.out.strip() == "status", completion.err
 
 
 def test_removing_the_package_stops_the_service(result):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from klpd import kernel_messages as msg
+from klpd.kernel_version import KernelSemantics
 from klpd.model import MODULE_NAME_MAX, VMLINUX, ModuleSymtab, PatchModule, Problem, Severity, SymbolStatus
 from klpd.model_description import (
     FunctionDescription,
@@ -56,7 +57,7 @@ def never_matches(name: str) -> str | None:
     return None
 
 
-def description_faults(module: PatchModule, desc: PatchDescription, ksym_name_max: int) -> DescriptionFaults:
+def description_faults(module: PatchModule, desc: PatchDescription, semantics: KernelSemantics) -> DescriptionFaults:
     refusals: list[str] = []
     problems: list[Problem] = []
     refusing: list[Problem] = []
@@ -67,6 +68,7 @@ def description_faults(module: PatchModule, desc: PatchDescription, ksym_name_ma
             refusals.append(refusal or message)
             refusing.append(problems[-1])
 
+    ksym_name_max = semantics.ksym_name_max
     silent = "klp_enable_patch() refuses it with EINVAL and logs nothing"
     if not desc.objects:
         # klp_enable_patch() walks no object and enables a patch that changes nothing (klp-build's init refuses
@@ -95,11 +97,11 @@ def description_faults(module: PatchModule, desc: PatchDescription, ksym_name_ma
         for dup, n in dirs.items():
             if n > 1:
                 message = f"object '{name}' lists function '{dup}' {n} times: kobject_add() fails with EEXIST"
-                fault("function_duplicated", message, f"{name}:{dup}", msg.KOBJECT_EXISTS.format(name=dup))
+                fault("function_duplicated", message, f"{name}:{dup}", msg.kobject_exists(semantics, dup))
     for dup, n in seen.items():
         if n > 1:
             message = f"the patch has {n} objects named '{dup}': kobject_add() fails with EEXIST"
-            fault("object_duplicated", message, dup, msg.KOBJECT_EXISTS.format(name=dup))
+            fault("object_duplicated", message, dup, msg.kobject_exists(semantics, dup))
     names = set(seen)
     for section in module.sections:
         obj_name = section.object

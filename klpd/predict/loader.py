@@ -65,7 +65,7 @@ def load_checks(
     lines = {LoadCheckName.SYMBOLS: symbols.lines}
     if module.description is not None and faults is not None:
         checks.append(states_check(system, module, p.name))
-        checks.append(_description(faults))
+        checks.append(_description(faults, system.semantics.init_eexist_becomes_ebusy))
         lines[LoadCheckName.DESCRIPTION] = faults.refusals
         functions, lines[LoadCheckName.FUNCTIONS] = _functions(system, p.name, objects)
         checks.append(functions)
@@ -131,12 +131,14 @@ def _check_reasons(verdict: LoaderVerdict, failing: Sequence[LoadCheck]) -> list
     return out
 
 
-def _description(faults: DescriptionFaults) -> LoadCheck:
+def _description(faults: DescriptionFaults, eexist_becomes_ebusy: bool) -> LoadCheck:
+    """klp_enable_patch()'s refusal of the description; a duplicate's -EEXIST reaches insmod as EBUSY since 7.1."""
     check = LoadCheckName.DESCRIPTION
     first = faults.first_refusal
     if first is None:
         return LoadCheck(check, CheckResult.OK, "every object and function is well formed")
-    errno = "EEXIST" if first.code.endswith("_duplicated") else "EINVAL"
+    duplicate = "EBUSY" if eexist_becomes_ebusy else "EEXIST"
+    errno = duplicate if first.code.endswith("_duplicated") else "EINVAL"
     return LoadCheck(check, CheckResult.FAILS, first.message, first.kernel_message, errno)
 
 

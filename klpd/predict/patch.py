@@ -162,7 +162,7 @@ def patch_status(system: SystemState, p: PatchInput) -> PatchStatus:
     objects = _objects(system, p, sysfs)
     faults: DescriptionFaults | None = None
     if module is not None and module.description is not None:
-        faults = description_faults(module, module.description, system.semantics.ksym_name_max)
+        faults = description_faults(module, module.description, system.semantics)
         problems.extend(faults.problems)
     release = system.kernel.release
     for obj in objects:

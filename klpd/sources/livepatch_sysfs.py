@@ -132,7 +132,7 @@ class _PatchReader:
             name=d.name,
             enabled=self.flag(d.child("enabled"), required=True),
             transition=self.flag(d.child("transition")),  # since 4.12
-            force_present=(d.local / "force").exists(),  # since 4.15; mode 0200: never read
+            force_present=d.child("force").exists(),  # since 4.15; mode 0200: never read
             replace=self.flag(d.child("replace")),  # since 6.11
             stack_order=self.number(d.child("stack_order")),  # since 6.14
             objects=tuple(self.obj(name) for name in self.subdirectories(d)),

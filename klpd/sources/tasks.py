@@ -179,6 +179,5 @@ def scan_stacks(root: SystemRoot, functions: Collection[tuple[str, str]]) -> Sta
                 count += 1
                 if len(tasks) < MAX_LISTED_TASKS:
                     name = hit[1] if hit[0] == VMLINUX else f"{hit[1]} [{hit[0]}]"
-                    stack = tuple(line.split("] ", 1)[-1] for line in raw.decode("utf-8", "replace").splitlines())
-                    tasks.append(TaskRef(pid, tid, _read_comm(task_dir), name, read_cmdline(root, pid), stack))
+                    tasks.append(TaskRef(pid, tid, _read_comm(task_dir), name))
     return StackScan(tuple(tasks), count, scanned)

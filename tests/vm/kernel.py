@@ -148,11 +148,13 @@ def _extract_livepatch_sources(deb: Path, dest: Path) -> None:
         raise HarnessError(f"{deb} holds no usr/src/linux-source-*.tar.xz")
     dest.mkdir(parents=True)
     # Only small directories are needed out of a 1.3 GB tree: stream it, never unpack it whole. The selftest
-    # modules are lib/livepatch/ up to 6.1 and tools/testing/selftests/livepatch/test_modules/ since (6.5): tar
-    # fails on the pattern that matches nothing, so success is judged by what was extracted.
+    # modules are lib/livepatch/ up to 6.1 and tools/testing/selftests/livepatch/test_modules/ since (6.5);
+    # klp-build's init code (tool_hooks.py) exists since 6.19: tar fails on a pattern that matches nothing, so
+    # success is judged by what was extracted.
     script = (
         'dpkg-deb --fsys-tarfile "$1" | tar -xO "$2" | tar -xJ -C "$3" --strip-components=1 --wildcards '
-        '"*/lib/livepatch" "*/samples/livepatch" "*/tools/testing/selftests/livepatch/test_modules" 2>&1 | '
+        '"*/lib/livepatch" "*/samples/livepatch" "*/tools/testing/selftests/livepatch/test_modules" '
+        '"*/scripts/livepatch/init.c" 2>&1 | '
         'grep -v -e "Not found in archive" -e "Exiting with failure"; exit 0'
     )
     errors = run(["bash", "-c", script, "extract", deb, m.group(1), dest])

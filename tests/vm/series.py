@@ -45,6 +45,7 @@ CORE_CASES = frozenset(
         "test_vm_module_reload.py",
         "test_vm_status.py",
         "test_vm_daemon.py",
+        "test_vm_tool_hooks.py",
     }
 )
 
