@@ -47,7 +47,7 @@ class Symbols:
     duplicated: str  # a static text function name that occurs exactly twice
 
 
-def pick_symbols(kallsyms: str) -> Symbols:
+def pick_symbols(kallsyms: str, release: str) -> Symbols:
     entries = [line.split() for line in kallsyms.splitlines()]
     vmlinux = [(int(e[0], 16), e[1], e[2]) for e in entries if len(e) == 3]
     addr = {name: a for a, _, name in vmlinux}
@@ -60,7 +60,8 @@ def pick_symbols(kallsyms: str) -> Symbols:
     unique = sorted(n for n, c in in_text.items() if c == 1 and count[n] == 1)
     duplicated = sorted(n for n, c in in_text.items() if c == 2 and count[n] == 2)
     if not unique or not duplicated:
-        raise ValueError("no suitable vmlinux symbols in the guest's /proc/kallsyms")
+        missing = "a static text function named once" if not unique else "a static text function named exactly twice"
+        raise ValueError(f"{release}'s /proc/kallsyms has no {missing} between _stext and _etext")
     return Symbols(unique[0], duplicated[0])
 
 
@@ -116,7 +117,9 @@ class Built:
         return self.loader / f"{name}.ko"
 
 
-def _make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
+def make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
+    """Build ``objects`` out of tree in ``directory`` (Kbuild: ``obj-m`` plus ``extra``) against the kernel's
+    headers, with the compiler the kernel was built with. ``warn``: modpost's unresolved symbols only warn."""
     (directory / "Kbuild").write_text(f"obj-m := {' '.join(o + '.o' for o in objects)}\n{extra}")
     env = dict(os.environ)
     if warn:
@@ -137,7 +140,7 @@ def _build_upstream(kernel: KernelImage, dest: Path) -> Path:
     sources += sorted((kernel.source / "samples" / "livepatch").glob("*.c"))
     for c in sources:
         shutil.copy2(c, dest / c.name)
-    _make(kernel, dest, [c.stem for c in sources])
+    make(kernel, dest, [c.stem for c in sources])
     (dest / "done").touch()
     return dest
 
@@ -164,7 +167,7 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
     loader.write_sources(src)
     parts = " ".join(p + ".o" for p in TARGET_PARTS)
     objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES]
-    _make(kernel, src, objects, f"{TARGET}-y := {parts}\n", warn=True)
+    make(kernel, src, objects, f"{TARGET}-y := {parts}\n", warn=True)
     patches = dest / "patches"
     patches.mkdir()
     for v in all_variants:
@@ -178,7 +181,7 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
 
 def build_modules(kernel: KernelImage, kallsyms: str, dest: Path) -> Built:
     """Build (or find in the cache) every module the cases use."""
-    sym = pick_symbols(kallsyms)
+    sym = pick_symbols(kallsyms, kernel.release)
     upstream = _build_upstream(kernel, dest / f"upstream-{kernel.version}")
     key = _own_key(kernel, sym)
     own = dest / f"own-{key}"
