@@ -2,8 +2,9 @@
 
 - Upstream: every module of the kernel's ``lib/livepatch/`` (selftests) and ``samples/livepatch/``, unchanged.
 - The suite's own (``tests/vm/modules/``): the target module ``klpvm_target`` and one patch module per
-  :class:`Variant`, each a one-line .c including ``klpvm_patch.h``, converted by ``klpconvert.py``. The vmlinux
-  symbols they use are picked from the guest's own ``/proc/kallsyms`` (the Debian image's System.map is a stub):
+  :class:`Variant`, each a one-line .c including ``klpvm_patch.h``, converted by ``klpconvert.py``; and the
+  :data:`PLAIN` livepatch modules, built as they are. The vmlinux
+  symbols the variants use are picked from the guest's own ``/proc/kallsyms`` (the Debian image's System.map is a stub):
   the first, by name, of the static text functions named once, and of those named exactly twice.
 - The module-loader cases' patches (``loader.py``): one plain livepatch module, copied and rewritten to trip one
   check of load_module() each (vermagic, a CRC, an unexported import, an unknown signing key).
@@ -37,6 +38,8 @@ UPSTREAM_TARGETS = (
 TARGET = "klpvm_target"
 TARGET_PARTS = ("klpvm_target_a", "klpvm_target_c", "klpvm_target_b", "klpvm_target_main")  # symtab order: a, c, b
 MISSING_SYMBOL = "klpvm_no_such_symbol"
+# Plain livepatch modules of modules/, built as they are (no klpconvert): <name>.ko in the own build's src/.
+PLAIN = ("klpvm_slow_enable",)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class Built:
     def loader_patch(self, name: str) -> Path:
         return self.loader / f"{name}.ko"
 
+    def plain(self, name: str) -> Path:
+        """One of :data:`PLAIN`."""
+        return self.directory / "src" / f"{name}.ko"
+
 
 def make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
     """Build ``objects`` out of tree in ``directory`` (Kbuild: ``obj-m`` plus ``extra``) against the kernel's
@@ -166,7 +173,7 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
         (src / f"{v.name}.c").write_text(f'{target}{labels}#include "klpvm_patch.h"\n')
     loader.write_sources(src)
     parts = " ".join(p + ".o" for p in TARGET_PARTS)
-    objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES]
+    objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES, *PLAIN]
     make(kernel, src, objects, f"{TARGET}-y := {parts}\n", warn=True)
     patches = dest / "patches"
     patches.mkdir()
