@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import klpconvert
 from .harness import Environment
-from .kernel import KernelImage, cache_dir, locked
+from .kernel import KernelImage, cache_dir, locked, prune_siblings
 from .modules import make, pick_symbols
 
 SOURCES = Path(__file__).resolve().parent / "desc_modules"
@@ -65,9 +65,7 @@ def build(env: Environment) -> DescModules:
     with locked(cache_dir() / "lock"):
         if not (dest / "done").exists():
             _build(kernel, header, dest)
-            for old in dest.parent.glob("desc-*"):
-                if old != dest:
-                    shutil.rmtree(old, ignore_errors=True)
+        prune_siblings(dest, "desc-*")
     return DescModules(dest, sym.duplicated, sym.unique, notrace)
 
 

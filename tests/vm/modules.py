@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import klpconvert, loader
-from .kernel import KernelImage, run
+from .kernel import KernelImage, prune_siblings, run
 
 SOURCES = Path(__file__).resolve().parent / "modules"
 # Not livepatch modules: installed into the guest's /lib/modules/<release>/extra so that modprobe finds them.
@@ -194,8 +194,6 @@ def build_modules(kernel: KernelImage, kallsyms: str, dest: Path) -> Built:
     own = dest / f"own-{key}"
     if not (own / "done").exists():
         _build_own(kernel, sym, own)
-        for old in dest.glob("own-*"):
-            if old != own:
-                shutil.rmtree(old, ignore_errors=True)
+    prune_siblings(own, "own-*")
     targets = (own / "src" / f"{TARGET}.ko", *(upstream / f"{n}.ko" for n in UPSTREAM_TARGETS))
     return Built(own, key, sym, upstream, own / "patches", own / "loader", targets)
