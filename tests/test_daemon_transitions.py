@@ -172,6 +172,28 @@ def test_an_enable_registering_its_functions_is_transitioning_to_patched_though_
     assert [task.comm for task in t.scan.tasks] == ["init"]
 
 
+def test_the_starting_line_read_before_enabled_is_set_still_decides_the_target(tmp_path):
+    """Seen on 6.12 under multi-threaded TCG: klp_start_transition() logs "starting patching transition" and the
+    tasks start switching before __klp_enable_patch() sets enabled. Read then, enabled=0 must not make the switched
+    tasks the blockers of an unpatch; likewise a disable's "starting unpatching" with enabled still 1."""
+    fx = FixtureRoot(tmp_path)
+    _tasks(fx, [(1, 1, "init", 1), (50, 50, "kworker/0:1", 0)])
+    _enabled_file(fx, "p", 0)
+    tracker = TransitionTracker()
+    tracker.observe(parse_livepatch_message("livepatch: enabling patch 'p'"), 100.0)
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting patching transition"), 102.0)
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=102.5, root=fx.root)
+    assert (t.target, t.since) == ("patched", 100.0)
+    assert [task.comm for task in t.scan.tasks] == ["kworker/0:1"]
+
+    tracker = TransitionTracker()
+    _enabled_file(fx, "p", 1)
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting unpatching transition"), 200.0)
+    (t,) = tracker.update(_status(_patch("p", enabled=True)), now=200.5, root=fx.root)
+    assert (t.target, t.since, t.since_source) == ("unpatched", 200.0, "kernel_log")
+    assert [task.comm for task in t.scan.tasks] == ["init"]
+
+
 def test_enabled_agreeing_with_the_logged_target_means_started_even_without_the_starting_line():
     """A "starting" line lost (a kmsg overrun) must not pin the target: once enabled said 1, a 0 is a reversal."""
     tracker = TransitionTracker()

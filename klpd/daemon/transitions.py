@@ -6,14 +6,16 @@ state and is switched when it is found outside the patched functions; a task BLO
 state differs from the target. The file is mode 0400 and owned by the task's user: reading other users' tasks
 needs root or CAP_DAC_READ_SEARCH, so a scan says how many tasks it could not read, and why.
 
-The target is the patch's ``enabled`` only once the transition has started. ``__klp_enable_patch()`` logs "enabling
-patch", sets up the transition (``transition`` reads 1 from here), registers every patched function with ftrace
-(seconds on a big kernel under emulation: seen on 6.12 in QEMU) and only then logs "'<patch>': starting patching
-transition" and sets ``enabled``. Until then ``enabled`` still says 0 and every task is still unpatched. So a patch
-whose "enabling patch" was read, and no "starting" line since, is transitioning to "patched" whatever ``enabled``
-says; once ``enabled`` agrees with the logged target (or the "starting" line came) ``enabled`` is the target again,
-which is how a reversal (a write to ``enabled``, logged at debug level only) is seen. A disable logs nothing at
-notice level before its start: for the short time its pre-unpatch callbacks run, ``enabled`` still says 1.
+The target is the patch's ``enabled`` only once that has been set for the transition. ``__klp_enable_patch()`` logs
+"enabling patch", sets up the transition (``transition`` reads 1 from here), registers every patched function with
+ftrace (seconds on a big kernel under emulation), logs "'<patch>': starting patching transition", marks the tasks
+to switch (they start switching at once) and only then sets ``enabled``: until then it still says 0. Seen on 6.12
+in QEMU both before and just after the "starting" line, with the switched tasks then counted as blocking an unpatch.
+So once the log said which way a patch's transition goes ("enabling patch": patched; "initializing"/"starting ...
+transition": the action's), that is the target until ``enabled`` has been seen agreeing with it; from then on
+``enabled`` is the target, which is how a reversal (a write to ``enabled``, logged at debug level only) is seen. A
+reversal made before klpd saw ``enabled`` agree goes unnoticed until the transition completes. A disable logs
+nothing at notice level before its "starting" line: while its pre-unpatch callbacks run, ``enabled`` still says 1.
 And as ``enabled`` is read before the tasks are scanned, it is read again after the scan: changed meanwhile (the
 transition started in between), the target follows it and the tasks are scanned again.
 
@@ -84,7 +86,7 @@ class _Logged:
 
     since: float  # the first line of it: "enabling patch", else "initializing"/"starting ... transition"
     target: str
-    started: bool  # "starting ... transition" read, or ``enabled`` seen agreeing with ``target``
+    confirmed: bool = False  # ``enabled`` seen agreeing with ``target``: from then on ``enabled`` is the target
 
 
 _BEGINS = (LivepatchEvent.ENABLING, LivepatchEvent.TRANSITION_INIT, LivepatchEvent.TRANSITION_START)
@@ -102,12 +104,9 @@ class TransitionTracker:
         """A kernel log message. Signalling and forcing name no patch: they concern the one in transition."""
         if msg.kind in _BEGINS and msg.patch:
             target = "patched" if msg.kind is LivepatchEvent.ENABLING else msg.target or ""
-            started = msg.kind is LivepatchEvent.TRANSITION_START
             prev = self._log_start.get(msg.patch)
-            if prev is not None and prev.target == target and not prev.started:  # the same transition, further on
-                prev.started = started
-            else:
-                self._log_start[msg.patch] = _Logged(when, target, started)
+            if prev is None or prev.target != target or prev.confirmed:  # else the same transition, further on
+                self._log_start[msg.patch] = _Logged(when, target)
             when = self._log_start[msg.patch].since
             seen = self._seen.get(msg.patch)
             if seen is not None and seen.target != target:  # reversed: a new transition
@@ -158,13 +157,13 @@ class TransitionTracker:
         return tuple(out)
 
     def _target(self, name: str, enabled: bool | None) -> str | None:
-        """The transition's target: the logged one until the transition started, then ``enabled``'s."""
+        """The transition's target: the logged one until ``enabled`` agreed with it, then ``enabled``'s."""
         from_sysfs = None if enabled is None else ("patched" if enabled else "unpatched")
         logged = self._log_start.get(name)
-        if logged is None or logged.started:
+        if logged is None or logged.confirmed:
             return from_sysfs
-        if from_sysfs == logged.target:  # enabled is set right after the start: the "starting" line was missed
-            logged.started = True
+        if from_sysfs == logged.target:
+            logged.confirmed = True
         return logged.target
 
 
