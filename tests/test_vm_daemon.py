@@ -38,8 +38,9 @@ STAGING = "/var/lib/klpd-staging"
 # loaded klpvm_mod_pos1 (EEXIST), a module sympos past the count (loads, and refuses its target's later load),
 # a good vmlinux patch (loads).
 STAGED = ("klpvm_vm_missing", "klpvm_mod_pos1", "klpvm_mod_pos4", "klpvm_vm_unique")
-# A patch whose pre-patch callback sleeps SLOW_MS: the first phase of its enable, long enough for klpd to answer in.
-SLOW, SLOW_MS = "klpvm_slow_enable", 12000
+# A patch whose pre-patch callback sleeps SLOW_MS: the first phase of its enable, long enough for klpd to answer in
+# (on 7.2 its first evaluation after the load took over 12 s) and outlasting klpd_until's CONVERGE_SECONDS.
+SLOW, SLOW_MS = "klpvm_slow_enable", 25000
 FORGED = "livepatch: patch 'forged' failed for module 'forged_mod', refusing to load module 'forged_mod'"
 
 # The tests' configuration: the kernel's own uevents and /dev/kmsg, which need neither udevd nor journald.
