@@ -140,3 +140,84 @@ def test_a_fifo_planted_as_a_tasks_patch_state_is_skipped_not_waited_on(tmp_path
     (scan,) = found
     assert (scan.blocking, scan.scanned) == (1, 1)
     assert [t.comm for t in scan.tasks] == ["43"]
+
+
+def _enabled_file(fx, name, value):
+    fx.write(f"/sys/kernel/livepatch/{name}/enabled", f"{value}\n")
+
+
+def test_an_enable_registering_its_functions_is_transitioning_to_patched_though_enabled_says_0(tmp_path):
+    """Seen on 6.12 in QEMU: __klp_enable_patch() sets up the transition (transition=1) and registers the functions
+    with ftrace before it logs "starting patching transition" and sets enabled. Meanwhile enabled reads 0, and every
+    task is still unpatched: they all stand between the patch and its target."""
+    fx = FixtureRoot(tmp_path)
+    _tasks(fx, [(1, 1, "init", 0), (50, 50, "kworker/0:1", 0)])
+    _enabled_file(fx, "p", 0)
+    tracker = TransitionTracker()
+    tracker.observe(parse_livepatch_message("livepatch: enabling patch 'p'"), 100.0)
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=101.0, root=fx.root)
+    assert (t.target, t.since, t.since_source) == ("patched", 100.0, "kernel_log")
+    assert [task.comm for task in t.scan.tasks] == ["init", "kworker/0:1"]
+    # Started: enabled says 1, init switched, the kworker still blocks; the transition is the same one.
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting patching transition"), 103.0)
+    _tasks(fx, [(1, 1, "init", 1)])
+    _enabled_file(fx, "p", 1)
+    (t,) = tracker.update(_status(_patch("p")), now=104.0, root=fx.root)
+    assert (t.target, t.since, t.since_source) == ("patched", 100.0, "kernel_log")
+    assert [task.comm for task in t.scan.tasks] == ["kworker/0:1"]
+    # Written 0 to enabled: reversed, now towards unpatched (the kernel logs that at debug level only).
+    _enabled_file(fx, "p", 0)
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=110.0, root=fx.root)
+    assert (t.target, t.since, t.since_source) == ("unpatched", 110.0, "first_seen")
+    assert [task.comm for task in t.scan.tasks] == ["init"]
+
+
+def test_the_starting_line_read_before_enabled_is_set_still_decides_the_target(tmp_path):
+    """Seen on 6.12 under multi-threaded TCG: klp_start_transition() logs "starting patching transition" and the
+    tasks start switching before __klp_enable_patch() sets enabled. Read then, enabled=0 must not make the switched
+    tasks the blockers of an unpatch; likewise a disable's "starting unpatching" with enabled still 1."""
+    fx = FixtureRoot(tmp_path)
+    _tasks(fx, [(1, 1, "init", 1), (50, 50, "kworker/0:1", 0)])
+    _enabled_file(fx, "p", 0)
+    tracker = TransitionTracker()
+    tracker.observe(parse_livepatch_message("livepatch: enabling patch 'p'"), 100.0)
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting patching transition"), 102.0)
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=102.5, root=fx.root)
+    assert (t.target, t.since) == ("patched", 100.0)
+    assert [task.comm for task in t.scan.tasks] == ["kworker/0:1"]
+
+    tracker = TransitionTracker()
+    _enabled_file(fx, "p", 1)
+    tracker.observe(parse_livepatch_message("livepatch: 'p': starting unpatching transition"), 200.0)
+    (t,) = tracker.update(_status(_patch("p", enabled=True)), now=200.5, root=fx.root)
+    assert (t.target, t.since, t.since_source) == ("unpatched", 200.0, "kernel_log")
+    assert [task.comm for task in t.scan.tasks] == ["init"]
+
+
+def test_enabled_agreeing_with_the_logged_target_means_started_even_without_the_starting_line():
+    """A "starting" line lost (a kmsg overrun) must not pin the target: once enabled said 1, a 0 is a reversal."""
+    tracker = TransitionTracker()
+    tracker.observe(parse_livepatch_message("livepatch: enabling patch 'p'"), 100.0)
+    (t,) = tracker.update(_status(_patch("p", enabled=True)), now=104.0, root=None)
+    assert t.target == "patched"
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=110.0, root=None)
+    assert (t.target, t.since) == ("unpatched", 110.0)
+
+
+def test_enabled_changing_during_the_scan_rescans_for_the_new_target(tmp_path):
+    """The evaluation read enabled=0 (no log line to go by), then the transition started: the scan reads enabled
+    again and judges the tasks against 1, rather than listing the switched tasks as blocking an unpatch."""
+    fx = FixtureRoot(tmp_path)
+    _tasks(fx, [(1, 1, "init", 1), (50, 50, "kworker/0:1", 0)])
+    _enabled_file(fx, "p", 1)
+    (t,) = TransitionTracker().update(_status(_patch("p", enabled=False)), now=5.0, root=fx.root)
+    assert t.target == "patched"
+    assert [(task.comm, task.patch_state) for task in t.scan.tasks] == [("kworker/0:1", 0)]
+
+
+def test_a_failed_enables_log_line_does_not_decide_a_later_transition():
+    tracker = TransitionTracker()
+    tracker.observe(parse_livepatch_message("livepatch: enabling patch 'p'"), 100.0)
+    assert tracker.update(_status(), now=101.0, root=None) == ()  # the enable failed: the patch went
+    (t,) = tracker.update(_status(_patch("p", enabled=False)), now=200.0, root=None)
+    assert (t.target, t.since, t.since_source) == ("unpatched", 200.0, "first_seen")

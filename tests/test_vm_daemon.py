@@ -27,6 +27,8 @@ from vm import compare
 from vm.agent import PORT, Snapshot, daemon_started, jq_event, jq_object, jq_patch, poll_functions
 from vm.harness import KLPCTL, session_environment
 
+from klpd.kernel_version import semantics_for
+
 pytestmark = pytest.mark.vm
 
 KLPD = KLPCTL.parent / "klpd"
@@ -38,6 +40,9 @@ STAGING = "/var/lib/klpd-staging"
 # loaded klpvm_mod_pos1 (EEXIST), a module sympos past the count (loads, and refuses its target's later load),
 # a good vmlinux patch (loads).
 STAGED = ("klpvm_vm_missing", "klpvm_mod_pos1", "klpvm_mod_pos4", "klpvm_vm_unique")
+# A patch whose pre-patch callback sleeps SLOW_MS: the first phase of its enable, long enough for klpd to answer in
+# (on 7.2 its first evaluation after the load took over 12 s) and outlasting klpd_until's CONVERGE_SECONDS.
+SLOW, SLOW_MS = "klpvm_slow_enable", 25000
 FORGED = "livepatch: patch 'forged' failed for module 'forged_mod', refusing to load module 'forged_mod'"
 
 # The tests' configuration: the kernel's own uevents and /dev/kmsg, which need neither udevd nor journald.
@@ -103,6 +108,7 @@ def scripts(env):
     staged_loads = "\n".join(f"step staged_insmod_{n} insmod {STAGING}/{n}.ko; klp_wait" for n in STAGED)
     demo = "test_klp_callbacks_demo"
     busy = "test_klp_callbacks_busy"
+    slow = env.built.plain(SLOW)
     return {
         "uevents": f"""
             P=$(install_patch {env.built.patch("klpvm_mod_pos1")})
@@ -162,6 +168,21 @@ def scripts(env):
             step transition_done cat /sys/kernel/livepatch/{demo}/transition
             tasks tasks_done
             klpd_until done '.daemon.transitions == [] and [{jq_patch(demo)} | .transition] == [false]'
+
+            # An enable held in its first phase by a sleeping pre-patch callback: transition 1, enabled still 0.
+            insmod {slow} pre_patch_ms={SLOW_MS} > $KLPVM_OUT/insmod_slow.out 2>&1 &
+            SLOW_PID=$!
+            for i in $(seq 200); do
+                [ "$(cat /sys/kernel/livepatch/{SLOW}/transition 2> /dev/null)" = 1 ] && break
+                sleep 0.1
+            done
+            step window_before cat /sys/kernel/livepatch/{SLOW}/enabled /sys/kernel/livepatch/{SLOW}/transition
+            klpd_until window 'any(.daemon.transitions[]; .patch == "{SLOW}" and .target == "patched")'
+            step window_after cat /sys/kernel/livepatch/{SLOW}/enabled /sys/kernel/livepatch/{SLOW}/transition
+            wait $SLOW_PID
+            echo $? > $KLPVM_OUT/insmod_slow.rc
+            klp_wait
+            klpd_until window_done '.daemon.transitions == []'
             step klpctl klpctl status --socket {SOCKET} --json
             klpd_stop
         """,
@@ -404,6 +425,37 @@ def test_daemon_reports_blocked_transition(runs):
     doc = klpctl.json()
     assert doc["source"] == "daemon" and doc["daemon"]["transitions"] == []
     assert result.text("stop.rc").strip() == "0", result.text("klpd.log")[-3000:]
+
+
+def test_daemon_knows_an_enable_is_transitioning_to_patched_while_enabled_still_says_0(env, runs):
+    """__klp_enable_patch() sets up the transition (sysfs transition=1), runs the pre-patch callbacks and registers
+    the functions with ftrace before it sets enabled: on 6.12 under TCG klpd once answered "unpatched" from that
+    window. Here a pre-patch callback holds the kernel in it while klpd is asked."""
+    result = runs["refusal_and_transition"]
+    assert result.step("window_before").out.split() == ["0", "1"], result.step("window_before")  # enabled, transition
+    window = Snapshot(result, "window")
+    transitions = [t for t in window.daemon["transitions"] if t["patch"] == SLOW]
+    if semantics_for(env.kernel.release).sysfs_stack_order:
+        # 6.14+: stack_order_show() takes klp_mutex, which the enable holds, so klpd's evaluation (it reads
+        # stack_order) waits for the enable to end and never sees the window (7.2: no evaluation for its 25 s).
+        # What klpd must not do is answer wrongly meanwhile.
+        assert all(t["target"] == "patched" for t in transitions), transitions
+        assert result.text("insmod_slow.rc").strip() == "0", result.text("insmod_slow.out")
+        done = Snapshot(result, "window_done")
+        done.converged(done.daemon["transitions"] == [], "no transition")
+        assert done.patch(SLOW)["enabled"] is True
+        return
+    window.converged(transitions and transitions[0]["target"] == "patched", f"{SLOW} transitioning to patched")
+    # The kernel was still in the window when klpd answered (enabled 0, transition 1), not done with the enable: a
+    # klpd that takes the target from enabled says "patched" only then (seen with the fix reverted).
+    after = result.step("window_after").out.split()
+    assert after == ["0", "1"], f"klpd showed 'patched' only after {window.seconds:.1f} s: enabled, transition {after}"
+    assert window.patch(SLOW)["enabled"] is False and window.patch(SLOW)["transition"] is True
+    assert transitions[0]["since_source"] == "kernel_log"  # dated by "enabling patch"
+    assert result.text("insmod_slow.rc").strip() == "0", result.text("insmod_slow.out")
+    done = Snapshot(result, "window_done")
+    done.converged(done.daemon["transitions"] == [], "no transition")
+    assert done.patch(SLOW)["enabled"] is True
 
 
 def test_daemon_log_has_no_tracebacks(runs):

@@ -20,6 +20,8 @@ import pytest
 from vm import compare, desc_build
 from vm.harness import session_environment
 
+from klpd.kernel_version import semantics_for
+
 pytestmark = pytest.mark.vm
 
 TARGET = desc_build.TARGET
@@ -139,7 +141,9 @@ OBJECTS = {
 NEVER_APPLIED = {"obj_dotko": "dummy.ko", "obj_dash": "my-mod", "obj_vmlinux": "vmlinux", "rela_orphan": None}
 
 # Every line of the kernel log worth comparing: the livepatch core's, sysfs's and kobject's (not the stack dump).
-_RELEVANT = re.compile(r"^(livepatch: |sysfs: |kobject_add_internal )")
+# lib/kobject.c prefixes its messages with "kobject: " (a pr_fmt added after 6.1; 6.12 has it): compared without it.
+_RELEVANT = re.compile(r"^(livepatch: |sysfs: |(kobject: )?kobject_add_internal )")
+_KOBJECT = "kobject: "
 _NOISE = re.compile(r"livepatch: (enabling patch '|'[^']+': (starting \w+ transition|\w+ complete)$)")
 
 
@@ -208,8 +212,10 @@ def runs(env, desc):
     return env.run_many(scripts, timeout=1200, kernel_args={name: ["no_timer_check"] for name in scripts})
 
 
-def kernel_lines(dmesg) -> list[str]:
-    return [line for line in dmesg if _RELEVANT.match(line) and not _NOISE.match(line)]
+def kernel_lines(dmesg, raw=False) -> list[str]:
+    """The relevant lines; ``raw``: as printed, else without kobject's prefix (which only some kernels print)."""
+    said = [line for line in dmesg if _RELEVANT.match(line) and not _NOISE.match(line)]
+    return said if raw else [line.removeprefix(_KOBJECT) for line in said]
 
 
 def expand(lines, desc) -> list[str]:
@@ -282,14 +288,18 @@ def test_kernel_states(runs, desc, case):
     assert_insmod(runs["coming"].step(f"insmod_{case}"), error, lines, desc)
 
 
-def test_kernel_atomic_replace(runs):
+def test_kernel_atomic_replace(env, runs):
     result = runs["coming"]
     before, after = result.step("sysfs_state_a").json(), result.step("sysfs_replaced").json()
     assert {"klpvm_d_state_a", "klpvm_d_mod_pos1", "klpvm_d_mod_pos2"} <= set(before)
     assert list(after) == ["klpvm_d_replace"], list(after)  # every patch it replaced is gone from sysfs
     assert result.step("cmdline").out.strip() == "klpvm_d_replace"
-    assert "replace" not in result.step("replace_dir").out.split()  # the attribute came with 6.11
-    assert "replace" not in after["klpvm_d_replace"]
+    # The replace attribute came with 6.11 (klpd's kernel_version table says which kernel has it): 1 for this patch.
+    has_attribute = semantics_for(env.kernel.release).sysfs_replace
+    assert ("replace" in result.step("replace_dir").out.split()) is has_attribute
+    assert after["klpvm_d_replace"].get("replace") == ("1" if has_attribute else None)
+    if has_attribute:
+        assert before["klpvm_d_state_a"]["replace"] == "0"
 
 
 @pytest.mark.parametrize("case", OBJECTS)
@@ -390,6 +400,10 @@ def test_check_predicts_object_descriptions(runs, desc, case):
     doc, patch, rc = checked(result, case)
     assert patch["will_load"] is (result.step(f"insmod_{case}").rc == 0), patch["reasons"]
     assert_quotes(doc, patch, [line for line in lines if line.startswith("livepatch: ")])
+    # kobject's line, exactly as this kernel printed it (its prefix came after 6.1), is the one klpctl quotes.
+    kobject = {line for line in kernel_lines(result.step(f"insmod_{case}").dmesg, raw=True) if "kobject_add" in line}
+    quoted_exactly = {p.get("kernel_message") for p in patch["problems"] + doc.get("problems", [])}
+    assert kobject <= quoted_exactly, (kobject, quoted_exactly)
     if case in NEVER_APPLIED:  # loads, but part of it is silently dead: an error all the same
         assert rc == 1, result.step(f"check_{case}").err
         severities = {p["severity"] for p in patch["problems"] + doc.get("problems", [])}

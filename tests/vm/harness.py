@@ -44,6 +44,7 @@ from .kernel import (
     locked,
     module_tree,
     prepare_kernel,
+    prune_siblings,
 )
 from .modules import Built, build_modules
 
@@ -140,9 +141,7 @@ def prepare() -> Environment:
         # Named after what goes into it, module_tree() included, so that a changed tree layout is rebuilt.
         tree_key = hashlib.sha256(f"{built.key} {inspect.getsource(module_tree)}".encode()).hexdigest()[:16]
         tree = module_tree(kernel, built.targets, base / f"modroot-{tree_key}")
-        for old in base.glob("modroot-*"):
-            if old.name not in ("modroot-base", f"modroot-{tree_key}"):
-                shutil.rmtree(old, ignore_errors=True)
+        prune_siblings(base / f"modroot-{tree_key}", "modroot-*", spare=("modroot-base",))
     return Environment(kernel, tree, initramfs, built)
 
 

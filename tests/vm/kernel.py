@@ -24,6 +24,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,21 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# How long a build nobody has prepared a session with stays in the cache. Sessions of other checkouts (other keys)
+# share it: removing every other key at once pulled modules from under their running guests.
+STALE_AFTER = 24 * 3600
+
+
+def prune_siblings(keep: Path, pattern: str, spare: Sequence[str] = ()) -> None:
+    """Mark ``keep`` as used now; remove its siblings matching ``pattern`` (but ``spare``) unused for a day."""
+    os.utime(keep)
+    for old in keep.parent.glob(pattern):
+        if old != keep and old.name not in spare:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - old.stat().st_mtime > STALE_AFTER:
+                    shutil.rmtree(old, ignore_errors=True)
 
 
 def current_release() -> str:

@@ -2,8 +2,9 @@
 
 - Upstream: every module of the kernel's ``lib/livepatch/`` (selftests) and ``samples/livepatch/``, unchanged.
 - The suite's own (``tests/vm/modules/``): the target module ``klpvm_target`` and one patch module per
-  :class:`Variant`, each a one-line .c including ``klpvm_patch.h``, converted by ``klpconvert.py``. The vmlinux
-  symbols they use are picked from the guest's own ``/proc/kallsyms`` (the Debian image's System.map is a stub):
+  :class:`Variant`, each a one-line .c including ``klpvm_patch.h``, converted by ``klpconvert.py``; and the
+  :data:`PLAIN` livepatch modules, built as they are. The vmlinux
+  symbols the variants use are picked from the guest's own ``/proc/kallsyms`` (the Debian image's System.map is a stub):
   the first, by name, of the static text functions named once, and of those named exactly twice.
 - The module-loader cases' patches (``loader.py``): one plain livepatch module, copied and rewritten to trip one
   check of load_module() each (vermagic, a CRC, an unexported import, an unknown signing key).
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import klpconvert, loader
-from .kernel import KernelImage, run
+from .kernel import KernelImage, prune_siblings, run
 
 SOURCES = Path(__file__).resolve().parent / "modules"
 # Not livepatch modules: installed into the guest's /lib/modules/<release>/extra so that modprobe finds them.
@@ -37,6 +38,8 @@ UPSTREAM_TARGETS = (
 TARGET = "klpvm_target"
 TARGET_PARTS = ("klpvm_target_a", "klpvm_target_c", "klpvm_target_b", "klpvm_target_main")  # symtab order: a, c, b
 MISSING_SYMBOL = "klpvm_no_such_symbol"
+# Plain livepatch modules of modules/, built as they are (no klpconvert): <name>.ko in the own build's src/.
+PLAIN = ("klpvm_slow_enable",)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Symbols:
     duplicated: str  # a static text function name that occurs exactly twice
 
 
-def pick_symbols(kallsyms: str) -> Symbols:
+def pick_symbols(kallsyms: str, release: str) -> Symbols:
     entries = [line.split() for line in kallsyms.splitlines()]
     vmlinux = [(int(e[0], 16), e[1], e[2]) for e in entries if len(e) == 3]
     addr = {name: a for a, _, name in vmlinux}
@@ -60,7 +63,8 @@ def pick_symbols(kallsyms: str) -> Symbols:
     unique = sorted(n for n, c in in_text.items() if c == 1 and count[n] == 1)
     duplicated = sorted(n for n, c in in_text.items() if c == 2 and count[n] == 2)
     if not unique or not duplicated:
-        raise ValueError("no suitable vmlinux symbols in the guest's /proc/kallsyms")
+        missing = "a static text function named once" if not unique else "a static text function named exactly twice"
+        raise ValueError(f"{release}'s /proc/kallsyms has no {missing} between _stext and _etext")
     return Symbols(unique[0], duplicated[0])
 
 
@@ -115,8 +119,14 @@ class Built:
     def loader_patch(self, name: str) -> Path:
         return self.loader / f"{name}.ko"
 
+    def plain(self, name: str) -> Path:
+        """One of :data:`PLAIN`."""
+        return self.directory / "src" / f"{name}.ko"
 
-def _make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
+
+def make(kernel: KernelImage, directory: Path, objects: Sequence[str], extra: str = "", warn: bool = False) -> None:
+    """Build ``objects`` out of tree in ``directory`` (Kbuild: ``obj-m`` plus ``extra``) against the kernel's
+    headers, with the compiler the kernel was built with. ``warn``: modpost's unresolved symbols only warn."""
     (directory / "Kbuild").write_text(f"obj-m := {' '.join(o + '.o' for o in objects)}\n{extra}")
     env = dict(os.environ)
     if warn:
@@ -137,7 +147,7 @@ def _build_upstream(kernel: KernelImage, dest: Path) -> Path:
     sources += sorted((kernel.source / "samples" / "livepatch").glob("*.c"))
     for c in sources:
         shutil.copy2(c, dest / c.name)
-    _make(kernel, dest, [c.stem for c in sources])
+    make(kernel, dest, [c.stem for c in sources])
     (dest / "done").touch()
     return dest
 
@@ -163,8 +173,8 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
         (src / f"{v.name}.c").write_text(f'{target}{labels}#include "klpvm_patch.h"\n')
     loader.write_sources(src)
     parts = " ".join(p + ".o" for p in TARGET_PARTS)
-    objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES]
-    _make(kernel, src, objects, f"{TARGET}-y := {parts}\n", warn=True)
+    objects = [TARGET, *(v.name for v in all_variants), *loader.SOURCES, *PLAIN]
+    make(kernel, src, objects, f"{TARGET}-y := {parts}\n", warn=True)
     patches = dest / "patches"
     patches.mkdir()
     for v in all_variants:
@@ -178,14 +188,12 @@ def _build_own(kernel: KernelImage, sym: Symbols, dest: Path) -> None:
 
 def build_modules(kernel: KernelImage, kallsyms: str, dest: Path) -> Built:
     """Build (or find in the cache) every module the cases use."""
-    sym = pick_symbols(kallsyms)
+    sym = pick_symbols(kallsyms, kernel.release)
     upstream = _build_upstream(kernel, dest / f"upstream-{kernel.version}")
     key = _own_key(kernel, sym)
     own = dest / f"own-{key}"
     if not (own / "done").exists():
         _build_own(kernel, sym, own)
-        for old in dest.glob("own-*"):
-            if old != own:
-                shutil.rmtree(old, ignore_errors=True)
+    prune_siblings(own, "own-*")
     targets = (own / "src" / f"{TARGET}.ko", *(upstream / f"{n}.ko" for n in UPSTREAM_TARGETS))
     return Built(own, key, sym, upstream, own / "patches", own / "loader", targets)
