@@ -154,16 +154,6 @@ def checked(run, case):
     return doc, doc["patches"][0], step.rc
 
 
-def quoted(doc, patch) -> set[str]:
-    """Every text klpctl gives as a reason or a kernel message, for the patch and its objects and functions."""
-    texts = list(patch.get("reasons", []))
-    for o in patch.get("objects", []):
-        texts += o.get("reasons", [])
-        texts += [f.get("kernel_message") for f in o.get("functions") or []]
-    texts += [p.get("kernel_message") for p in patch.get("problems", []) + doc.get("problems", [])]
-    return {compare.normalize(t) for t in texts if t}
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_check_predicts_the_kernel(case, request):
     _needs_tool(case)
@@ -179,7 +169,7 @@ def test_check_predicts_the_kernel(case, request):
         failing = [c for c in patch["load_checks"] if c["result"] == "fails"]
         assert failing and failing[0]["errno"] == ERRNO[CASES[case][0]], failing
     lines = [line for line in expected_lines(case, hooks) if line.startswith(("livepatch: ", "kobject"))]
-    texts = quoted(doc, patch)
+    texts = compare.quoted(doc, patch)
     missing = [line for line in lines if not any(compare.normalize(line) in t for t in texts)]
     assert not missing, f"the kernel said {missing}; klpctl quotes {sorted(texts)}"
 

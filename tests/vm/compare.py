@@ -263,3 +263,13 @@ def assert_load_predicted(doc: dict[str, Any], name: str) -> dict[str, Any]:
     assert patch_doc["will_load"] is True, (patch_doc["reasons"], patch_doc.get("load_checks"))
     assert failing_checks(patch_doc) == [], patch_doc["load_checks"]
     return patch_doc
+
+
+def quoted(doc: dict[str, Any], patch: dict[str, Any]) -> set[str]:
+    """Every text klpctl gives as a reason or a kernel message, for the patch and its objects and functions."""
+    texts = list(patch.get("reasons", []))
+    for o in patch.get("objects", []):
+        texts += o.get("reasons", [])
+        texts += [f.get("kernel_message") for f in o.get("functions") or []]
+    texts += [p.get("kernel_message") for p in patch.get("problems", []) + doc.get("problems", [])]
+    return {normalize(t) for t in texts if t}
