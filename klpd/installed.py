@@ -19,8 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from klpd.decompress import read_module_bytes
-from klpd.elf import parse_modinfo
+from klpd.elf import read_modinfo
 from klpd.errors import FormatError, KlpdError, SourceError
 from klpd.model import Problem, Severity
 from klpd.model_installed import InstalledPatch, InstalledReleases
@@ -63,10 +62,9 @@ def read_installed(root: SystemRoot) -> InstalledReleases:
     problems: list[Problem] = []
     kernel = kernel_source.read_kernel_info(root)
     running = kernel.value.release
-    loaded: set[str] = set()
     modules = proc_modules.read_proc_modules(root)
     problems.extend(p for p in modules.problems if p.severity is Severity.ERROR)
-    loaded.update(modules.value)
+    loaded = set(modules.value)
     releases = set(installed_releases(root)) | {running}
     patches: list[InstalledPatch] = []
     for release in sorted(releases, key=_version_key):
@@ -74,7 +72,7 @@ def read_installed(root: SystemRoot) -> InstalledReleases:
         problems.extend(found.problems)
         for where in found.value:
             try:
-                info = parse_modinfo(read_module_bytes(where), where.host)
+                info = read_modinfo(where)
             except (KlpdError, OSError) as exc:
                 reason = exc.reason if isinstance(exc, FormatError | SourceError) else str(exc)
                 patches.append(InstalledPatch(release, None, where.host, None, False, reason))

@@ -94,9 +94,10 @@ def root_of(args: argparse.Namespace, given: str | None = None) -> SystemRoot:
     return SystemRoot.at(root)
 
 
-def files_or_names(args: argparse.Namespace, *, any_release: bool) -> list[str]:
+def files_or_names(args: argparse.Namespace, root: Callable[[], SystemRoot], *, any_release: bool) -> list[str]:
     """FILE arguments as given; one that is no file but a module name (no '/') is the patch of that name installed
-    for the running kernel (``any_release``: for any kernel when the running one has none), as kpatch takes names."""
+    for the running kernel (``any_release``: for any kernel when the running one has none), as kpatch takes names.
+    ``root`` is called only when a name must be looked up, once (an archive --root is unpacked once)."""
     from pathlib import Path
 
     wanted = [f for f in args.files if "/" not in f and not Path(f).exists()]
@@ -104,7 +105,8 @@ def files_or_names(args: argparse.Namespace, *, any_release: bool) -> list[str]:
         return list(args.files)
     from klpd.installed import find_by_name, read_installed
 
-    installed = read_installed(root_of(args))
+    system = root()
+    installed = read_installed(system)
     out: list[str] = []
     for given in args.files:
         if given not in wanted:
@@ -114,7 +116,7 @@ def files_or_names(args: argparse.Namespace, *, any_release: bool) -> list[str]:
         if not found:
             where = "any installed kernel" if any_release else f"the running kernel ({installed.running})"
             raise UsageError(f"{given}: no such file, and no patch module of that name is installed for {where}")
-        out.extend(str(root_of(args).path(p)) for p in found)
+        out.extend(str(system.path(p)) for p in found)
     return out
 
 

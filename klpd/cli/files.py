@@ -35,7 +35,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     modules: list[PatchModule] = []
     problems: list[Problem] = []
-    for name in files_or_names(args, any_release=True):
+    for name in files_or_names(args, lambda: root_of(args), any_release=True):
         module, problem = read_patch_file(HostPath(name, Path(name)))
         if module is not None:
             modules.append(module)
@@ -68,8 +68,8 @@ def run_check(args: argparse.Namespace) -> int:
     if args.roots and len(args.roots) > 1:
         return run_fleet_check(args)
     args.root = args.roots[0] if args.roots else None
-    args.files = files_or_names(args, any_release=False)
     root = root_of(args)
+    args.files = files_or_names(args, lambda: root, any_release=False)
     early = prefetch.start(root.kallsyms)  # the kernel formats /proc/kallsyms while the imports below run
     try:
         from klpd.collect import evaluate_files
