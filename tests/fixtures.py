@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import zstandard
 
 from klpd.root import SystemRoot
@@ -292,3 +294,12 @@ def one_symbol_root(path: Path) -> FixtureRoot:
     fx.proc_modules([])
     fx.modules_dep(RELEASE, {})
     return fx
+
+
+def required_tool(name: str, package: str | None = None) -> str:
+    """The path of a command the test needs; a clear failure (never a skip) naming what installs it."""
+    path = shutil.which(name)
+    if path is None:
+        where = f"Debian package '{package}'; " if package else ""
+        pytest.fail(f"{name} is needed ({where}./dev.sh test installs it)")
+    return path

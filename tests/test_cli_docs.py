@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures import required_tool
 
 from klpd.cli import build_parser, main
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is needed (./dev.sh test installs it)")
-    return path
 
 
 def parser_words() -> dict[str, set[str]]:
@@ -54,7 +47,7 @@ def bash_complete(script: Path, line: str) -> list[str]:
     words = line.split(" ")
     program = (f"source {script}\nCOMP_WORDS=({' '.join(repr(w) for w in words)})\nCOMP_CWORD={len(words) - 1}\n"
                '_klpctl\nprintf "%s\\n" "${COMPREPLY[@]}"\n')  # fmt: skip
-    run = subprocess.run([tool("bash"), "--norc", "-c", program], capture_output=True, text=True, check=True)
+    run = subprocess.run([required_tool("bash"), "--norc", "-c", program], capture_output=True, text=True, check=True)
     assert run.stderr == ""
     return sorted(filter(None, run.stdout.split("\n")))
 
@@ -77,7 +70,7 @@ def test_bash_completes_commands_options_and_values(
 
 def test_zsh_parses_and_registers_the_completion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "_klpctl").write_text(output(capsys, "completion", "zsh"))
-    zsh = tool("zsh")
+    zsh = required_tool("zsh")
     subprocess.run([zsh, "-n", str(tmp_path / "_klpctl")], check=True)
     program = f"fpath=({tmp_path} $fpath); autoload -Uz compinit; compinit -u -D; print -r -- $_comps[klpctl]"
     run = subprocess.run([zsh, "-f", "-c", program], capture_output=True, text=True, check=False)
@@ -87,7 +80,7 @@ def test_zsh_parses_and_registers_the_completion(tmp_path: Path, capsys: pytest.
 def test_the_man_page_renders_without_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     page = tmp_path / "klpctl.1"
     page.write_text(output(capsys, "manpage"))
-    run = subprocess.run([tool("groff"), "-man", "-Tascii", "-ww", str(page)], capture_output=True, text=True,
+    run = subprocess.run([required_tool("groff"), "-man", "-Tascii", "-ww", str(page)], capture_output=True, text=True,
                          check=True)  # fmt: skip
     assert run.stderr == ""
     rendered = re.sub(r".\x08", "", run.stdout)  # grotty's overstrike bold and underline

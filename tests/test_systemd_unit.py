@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures import required_tool
 
 from tests.entry_points import entry_point
 
@@ -18,11 +19,10 @@ SYSUSERS = SYSTEMD / "klpd.sysusers"
 MAX_EXPOSURE = 2.0
 
 
+
+
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is needed (Debian package 'systemd'; ./dev.sh test installs it)")
-    return path
+    return required_tool(name, "systemd")
 
 
 def settings() -> dict[str, list[str]]:
