@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from klpd.daemon.kernel_log import LivepatchEvent, LivepatchMessage
+from klpd.errors import FormatError
 from klpd.model import HostStatus
 from klpd.regular_file import read_regular
 from klpd.root import SystemRoot
+from klpd.sources.livepatch_sysfs import parse_bool_attribute
 from klpd.sources.tasks import KLP_PATCHED, KLP_UNPATCHED, TaskScan, scan_blocking_tasks
 
 
@@ -177,12 +179,11 @@ def _log_is_stale(logged: _Logged, patch: Any) -> bool:
 
 def _read_enabled(root: SystemRoot, name: str, default: bool | None) -> bool | None:
     """``/sys/kernel/livepatch/<name>/enabled`` now; ``default`` when it cannot be read (the patch went)."""
+    path = root.sys_livepatch.child(name).child("enabled")
     try:
-        raw = read_regular(root.sys_livepatch.child(name).child("enabled"), 16)
-    except OSError:
+        return parse_bool_attribute(read_regular(path, 16).decode("ascii", "replace"), path.host)
+    except (OSError, FormatError):
         return default
-    value = raw.strip()
-    return {b"1": True, b"0": False}.get(value, default)
 
 
 def _note(seen: _Seen, kind: LivepatchEvent, when: float) -> None:
